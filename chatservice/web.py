@@ -1,0 +1,104 @@
+"""The one `twisted.web` Site: static files at ``/`` and the WebSocket endpoints."""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.web import static
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from chatservice.config import Config
+from chatservice.protocol import echo_factory
+
+_NOT_FOUND = notFound()
+
+
+class StaticFiles(static.File):
+    """`static.File` that never leaves its root and never lists a directory.
+
+    ``..`` and encoded dots are already refused by `FilePath.child`; this also
+    refuses symlinks that resolve outside the root, path segments that are not
+    UTF-8, and directory listings (a directory without ``index.html`` is 404).
+    """
+
+    childNotFound = _NOT_FOUND
+
+    def __init__(self, path: str | Path, *args: Any, root: str | None = None, **kw: Any) -> None:
+        super().__init__(str(path), *args, **kw)
+        self.root = root if root is not None else os.path.realpath(path)
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            return _NOT_FOUND
+        child = super().getChild(path, request)
+        if isinstance(child, static.File) and not self._inside_root(child.path):
+            return _NOT_FOUND
+        return child
+
+    def _inside_root(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == self.root or real.startswith(self.root + os.sep)
+
+    def directoryListing(self) -> IResource:
+        return _NOT_FOUND
+
+    def createSimilarFile(self, path: str) -> StaticFiles:
+        f = super().createSimilarFile(path)
+        f.root = self.root
+        return f
+
+    def render(self, request: Request) -> bytes | int:
+        # A file that is really outside the root (the root itself a symlink's
+        # target is fine: `root` is resolved) is refused before it is opened.
+        if not self._inside_root(self.path):
+            return _NOT_FOUND.render(request)
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return super().render(request)
+
+
+_UPGRADE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>426 Upgrade Required</title></head>
+<body><h1>426 Upgrade Required</h1>
+<p>{path} is a WebSocket endpoint. Connect to it with a WebSocket client, for example
+<code>new WebSocket("ws://HOST{path}")</code> in a browser, or open <a href="/">the web client</a>.</p>
+</body></html>
+"""
+
+
+class WebSocketEndpoint(WebSocketResource):
+    """Autobahn's resource, plus a helpful 426 page for plain HTTP requests."""
+
+    def __init__(self, factory: WebSocketServerFactory, path: str) -> None:
+        super().__init__(factory)
+        self._path = path
+
+    def render(self, request: Request) -> bytes | int:
+        if request.postpath and request.postpath != [b""]:
+            return _NOT_FOUND.render(request)
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if upgrade != b"websocket":
+            request.setResponseCode(426, b"Upgrade Required")
+            request.setHeader(b"Upgrade", b"websocket")
+            request.setHeader(b"Connection", b"Upgrade")
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            return _UPGRADE_PAGE.format(path=html.escape(self._path)).encode("utf-8")
+        result: bytes | int = super().render(request)
+        return result
+
+
+def make_site(config: Config) -> Site:
+    """Build the site every port serves."""
+    root = StaticFiles(config.static_dir)
+    root.putChild(b"echo", WebSocketEndpoint(echo_factory(config), "/echo"))
+    site = Site(root)
+    site.displayTracebacks = False
+    return site
