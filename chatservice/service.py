@@ -62,7 +62,7 @@ class ChatService(MultiService):
     def __init__(self, config: Config, reactor: Any = None) -> None:
         super().__init__()
         self.config = config
-        self.site: Site = make_site(config)
+        self.site: Site = make_site(config, reactor)
         self.listening: list[IListeningPort] = []
         for description in config.ports:
             # strports.service raises listen errors from privilegedStartService.

@@ -95,10 +95,18 @@ class WebSocketEndpoint(WebSocketResource):
         return result
 
 
-def make_site(config: Config) -> Site:
-    """Build the site every port serves."""
+def make_site(config: Config, reactor: Any = None) -> Site:
+    """Build the site every port serves.
+
+    Args:
+        config: The service's settings.
+        reactor: What HTTP timeouts are scheduled on (the global reactor if None).
+    """
     root = StaticFiles(config.static_dir)
     root.putChild(b"echo", WebSocketEndpoint(echo_factory(config), "/echo"))
-    site = Site(root)
+    # Autobahn's open handshake timeout only starts once twisted.web has read
+    # the request headers; until then the HTTP idle timeout is what stops a
+    # client that connects and sends nothing (or a header line now and then).
+    site = Site(root, timeout=config.open_handshake_timeout or None, reactor=reactor)
     site.displayTracebacks = False
     return site

@@ -1,0 +1,19 @@
+# Shortcuts for developers; the README's commands are the scripts themselves
+# (a fresh Debian machine may have no make).
+.PHONY: run test test-quick autobahn autobahn-quick bench lint
+
+run:
+	scripts/run
+test:
+	scripts/test
+test-quick:
+	scripts/test --quick
+autobahn:
+	scripts/setup-venv test && .venv/bin/python scripts/autobahn.py
+autobahn-quick:
+	scripts/setup-venv test && .venv/bin/python scripts/autobahn.py --quick
+bench:
+	scripts/setup-venv test && .venv/bin/python bench/echo_bench.py
+lint:
+	scripts/setup-venv test && .venv/bin/python -m pip install --quiet ruff mypy && \
+	  .venv/bin/ruff check chatservice tests scripts bench && .venv/bin/mypy chatservice

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Run the Autobahn WebSocket testsuite against chatservice's /echo.
+
+Starts ``twistd -n chatservice`` on a free loopback port, drives every case of
+the Autobahn testsuite (517 of them) at ws://127.0.0.1:PORT/echo with the
+``kosoku`` runner, writes the HTML report under reports/autobahn/, prints the
+counts per behaviour and exits non-zero unless every case is OK or
+INFORMATIONAL, strictly: NON-STRICT, FAILED and UNIMPLEMENTED all fail.
+
+    .venv/bin/python scripts/autobahn.py            # all 517 cases (~5 min)
+    .venv/bin/python scripts/autobahn.py --quick    # without 12.* and 13.* (~30 s)
+    .venv/bin/python scripts/autobahn.py --url ws://127.0.0.1:8080/echo
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+FULL_SUITE_CASES = 517
+#: The permessage-deflate groups: most of the run's time.
+SLOW_GROUPS = ("12.*", "13.*")
+PASSING = {"OK", "INFORMATIONAL"}
+LISTENING = re.compile(r"chatservice listening on .*port=(\d+)")
+
+
+def start_server(log_path: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[str], int]:
+    """Start ``twistd -n chatservice`` on a free loopback port.
+
+    Returns:
+        The process and the port it listens on.
+
+    Raises:
+        RuntimeError: It did not report a listening port in time.
+    """
+    twistd = Path(sys.executable).with_name("twistd")
+    command = [
+        str(twistd), "-n", "--pidfile=", "chatservice",
+        "--port", "tcp:0:interface=127.0.0.1",
+    ]
+    server = subprocess.Popen(
+        command,
+        cwd=tempfile.mkdtemp(prefix="chatservice-autobahn-"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert server.stdout is not None
+    log = log_path.open("w")
+    found: list[int] = []
+    ready = threading.Event()
+
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            log.write(line)
+            log.flush()
+            match = LISTENING.search(line)
+            if match and not found:
+                found.append(int(match.group(1)))
+                ready.set()
+        ready.set()
+        log.close()
+
+    threading.Thread(target=pump, args=(server.stdout,), daemon=True).start()
+    if not ready.wait(timeout) or not found:
+        server.kill()
+        raise RuntimeError(f"chatservice did not start; see {log_path}")
+    return server, found[0]
+
+
+def stop_server(server: subprocess.Popen[str]) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def run_suite(url: str, outdir: Path, parallelism: int, exclude: list[str], include: list[str]) -> None:
+    kosoku = Path(sys.executable).with_name("kosoku")
+    if not kosoku.exists():
+        found = shutil.which("kosoku")
+        if found is None:
+            raise RuntimeError("kosoku is not installed (pip install 'chatservice[test]')")
+        kosoku = Path(found)
+    command = [str(kosoku), "-p", str(parallelism), "-o", str(outdir)]
+    for pattern in include:
+        command += ["-i", pattern]
+    for pattern in exclude:
+        command += ["-x", pattern]
+    command.append(url)
+    with (outdir / "kosoku.log").open("w") as log:
+        # kosoku exits non-zero when any case is not OK; the verdict below is ours.
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+
+
+def summarize(outdir: Path) -> dict[str, dict[str, str]]:
+    index = json.loads((outdir / "index.json").read_text())
+    if len(index) != 1:
+        raise RuntimeError(f"expected results for one agent, got {sorted(index)}")
+    (cases,) = index.values()
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the slow compression groups 12.* and 13.*")
+    parser.add_argument("--url", help="test this running server instead of starting one")
+    parser.add_argument("-p", "--parallelism", type=int, default=2, help="cases run at once (default 2)")
+    parser.add_argument("-i", "--include", action="append", default=[], help="only these cases (glob, repeatable)")
+    parser.add_argument("-o", "--outdir", type=Path, default=ROOT / "reports" / "autobahn")
+    args = parser.parse_args(argv)
+
+    exclude = list(SLOW_GROUPS) if args.quick else []
+    outdir: Path = args.outdir.resolve()
+    if outdir.exists():
+        shutil.rmtree(outdir)
+    outdir.mkdir(parents=True)
+
+    server = None
+    url = args.url
+    started = time.monotonic()
+    try:
+        if url is None:
+            server, port = start_server(outdir / "server.log")
+            url = f"ws://127.0.0.1:{port}/echo"
+        print(f"autobahn: running the testsuite against {url}"
+              f"{' (quick: without ' + ', '.join(SLOW_GROUPS) + ')' if args.quick else ''}", flush=True)
+        run_suite(url, outdir, args.parallelism, exclude, args.include)
+        if server is not None and server.poll() is not None:
+            print(f"autobahn: chatservice exited during the run (status {server.returncode})")
+            return 1
+    finally:
+        if server is not None:
+            stop_server(server)
+    elapsed = time.monotonic() - started
+
+    cases = summarize(outdir)
+    behaviors = collections.Counter(c["behavior"] for c in cases.values())
+    closes = collections.Counter(c["behaviorClose"] for c in cases.values())
+    bad = {
+        case: result for case, result in cases.items()
+        if result["behavior"] not in PASSING or result["behaviorClose"] not in PASSING
+    }
+    print(f"autobahn: {len(cases)} cases in {elapsed:.1f}s; report: {outdir / 'index.html'}")
+    print("  behavior:      " + ", ".join(f"{k} {v}" for k, v in sorted(behaviors.items())))
+    print("  behaviorClose: " + ", ".join(f"{k} {v}" for k, v in sorted(closes.items())))
+    for case, result in sorted(bad.items(), key=lambda kv: [int(p) for p in kv[0].split(".")]):
+        print(f"  NOT OK {case}: behavior={result['behavior']} behaviorClose={result['behaviorClose']}")
+    if not args.quick and not args.include and len(cases) != FULL_SUITE_CASES:
+        print(f"autobahn: FAILED: expected {FULL_SUITE_CASES} cases, ran {len(cases)}")
+        return 1
+    if bad:
+        print(f"autobahn: FAILED: {len(bad)} cases not OK")
+        return 1
+    print(f"autobahn: OK: every case OK or INFORMATIONAL ({len(cases)} cases)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Real-socket helpers for end-to-end tests on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+
+from chatservice.service import ChatService
+
+
+def port_of(service: ChatService, index: int = 0) -> int:
+    """The port the service's `index`-th endpoint listens on."""
+    return int(service.listening[index].getHost().port)
+
+
+def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A blocking GET of `path` exactly as given (no normalisation of ``..``).
+
+    Run it in a thread (`deferToThread`) while the reactor serves.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest("GET", path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
