@@ -74,9 +74,18 @@ class ChatService(MultiService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            # One line and a non-zero exit, never a traceback (twistd would
-            # print one for any Exception).
-            raise SystemExit(f"chatservice: cannot listen: {_describe(e)}") from None
+            raise StartupError(f"cannot listen: {_describe(e)}") from None
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says why, in one line.
+
+    twistd removes its pid file for any Exception and re-raises it; `tap`
+    installs an excepthook that prints this one as its message alone.
+    """
+
+    def __str__(self) -> str:
+        return f"chatservice: {self.args[0]}"
 
 
 def _describe(error: CannotListenError) -> str:

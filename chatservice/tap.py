@@ -10,7 +10,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from chatservice.config import BUNDLED_STATIC, LOG_LEVELS, Config
-from chatservice.service import ChatService
+from chatservice.service import ChatService, StartupError
 
 DEFAULT_PORT = "8080"
 
@@ -116,9 +116,24 @@ class Options(usage.Options):
         )
 
 
+def _one_line_startup_errors() -> None:
+    """Print a `StartupError` that ends twistd as one line, not a traceback."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if isinstance(error, StartupError):
+            sys.stderr.write(f"{error}\n")
+        else:
+            previous(kind, error, tb)
+
+    sys.excepthook = hook
+
+
 def makeService(options: Options) -> IService:
     """Build the service twistd runs."""
     import txaio
+
+    _one_line_startup_errors()
 
     # Autobahn logs through txaio, and says at info and warn level what our
     # own events already say (denied handshakes, closes with their reason):

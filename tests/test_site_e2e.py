@@ -1,0 +1,223 @@
+"""The whole service over real sockets on 127.0.0.1, with independent clients.
+
+HTTP goes through `http.client`, WebSocket through the `websockets` package,
+each in a thread while the reactor serves (`deferToThread`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from chatservice.config import MiB
+from chatservice.service import ChatService
+from net import http_get, port_of
+
+Serve = Callable[..., ChatService]
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_is_served_as_html(serve: Serve) -> None:
+    port = port_of(serve())
+    status, headers, body = await deferToThread(http_get, port, "/")
+    assert status == 200
+    assert headers["content-type"].startswith("text/html")
+    assert b"/echo" in body or b"echo.js" in body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/favicon.ico",
+        "/../etc/passwd",
+        "/../../../../etc/passwd",
+        "/%2e%2e/etc/passwd",
+        "/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/%2e%2e%2fetc%2fpasswd",
+        "/static/..%2f..%2fetc%2fpasswd",
+        "/%2E%2E/",
+        "/%ff%fe",  # not UTF-8
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_missing_files_and_escapes_are_404(serve: Serve, path: str) -> None:
+    port = port_of(serve())
+    status, _, body = await deferToThread(http_get, port, path)
+    assert status in (400, 404)
+    assert b"root:" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_static_dir_no_listings_no_symlinks_out(serve: Serve, tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    (root / "docs").mkdir(parents=True)
+    (root / "index.html").write_text("<h1>mine</h1>")
+    (root / "docs" / "a.txt").write_text("nested file")
+    (root / "empty").mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve")
+    (root / "leak.txt").symlink_to(secret)
+    (root / "leakdir").symlink_to(tmp_path)
+    (root / "inside.txt").symlink_to(root / "docs" / "a.txt")
+
+    port = port_of(serve(static_dir=root))
+
+    async def get(path: str) -> tuple[int, bytes]:
+        status, _, body = await deferToThread(http_get, port, path)
+        return status, body
+
+    assert await get("/") == (200, b"<h1>mine</h1>")
+    assert await get("/docs/a.txt") == (200, b"nested file")
+    assert await get("/inside.txt") == (200, b"nested file")
+    for path in ("/empty/", "/docs/", "/leak.txt", "/leakdir/secret.txt", "/leakdir/"):
+        status, body = await get(path)
+        assert status == 404, path
+        assert b"do not serve" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_http_get_of_echo_gets_a_helpful_426(serve: Serve) -> None:
+    port = port_of(serve())
+    status, headers, body = await deferToThread(http_get, port, "/echo")
+    assert status == 426
+    assert headers["upgrade"].lower() == "websocket"
+    assert b"WebSocket endpoint" in body
+
+
+def echo_round_trip(url: str, messages: list[str | bytes], **options: Any) -> tuple[str | None, list[str | bytes], str | None]:
+    """Send each message and read its echo with the `websockets` client."""
+    with connect(url, max_size=None, open_timeout=10, close_timeout=10, **options) as ws:
+        replies = []
+        for message in messages:
+            ws.send(message)
+            replies.append(ws.recv(timeout=30))
+        extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
+        return ws.subprotocol, replies, extensions
+
+
+@pytest_twisted.ensureDeferred
+async def test_websockets_client_gets_plain_text_and_hello_back(serve: Serve) -> None:
+    url = f"ws://127.0.0.1:{port_of(serve())}/echo"
+    subprotocol, replies, extensions = await deferToThread(
+        echo_round_trip, url, ["hello"], subprotocols=["plain-text"]
+    )
+    assert subprotocol == "plain-text"
+    assert replies == ["hello"]
+    # websockets offers permessage-deflate by default; it is accepted.
+    assert extensions is not None and extensions.startswith("permessage-deflate")
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_messages_come_back_byte_exact(serve: Serve) -> None:
+    url = f"ws://127.0.0.1:{port_of(serve())}/echo"
+    binary = os.urandom(MiB)
+    text = "".join(chr(0x20 + i % 0x5F) for i in range(4096)) * (16 * MiB // 4096)
+    assert len(text.encode()) == 16 * MiB
+    for compression in ("deflate", None):
+        _, replies, _ = await deferToThread(
+            echo_round_trip, url, [binary, text], compression=compression
+        )
+        assert isinstance(replies[0], bytes) and replies[0] == binary
+        assert isinstance(replies[1], str) and replies[1] == text
+
+
+def send_and_expect_close(url: str, message: str | bytes, **options: Any) -> int | None:
+    with connect(url, max_size=None, **options) as ws:
+        ws.send(message)
+        try:
+            ws.recv(timeout=30)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+    raise AssertionError("the server echoed a message over the limit")
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_16_mib_closes_1009_also_when_compressed(serve: Serve) -> None:
+    url = f"ws://127.0.0.1:{port_of(serve())}/echo"
+    too_big = b"\0" * (16 * MiB + 1)
+    assert await deferToThread(send_and_expect_close, url, too_big, compression=None) == 1009
+    # With permessage-deflate this is a frame of a few KiB that inflates past the limit.
+    assert await deferToThread(send_and_expect_close, url, too_big, compression="deflate") == 1009
+
+
+def offer_only(url: str, subprotocols: list[str]) -> int:
+    try:
+        with connect(url, subprotocols=subprotocols):
+            pass
+    except InvalidStatus as refused:
+        return int(refused.response.status_code)
+    raise AssertionError("the handshake succeeded")
+
+
+@pytest_twisted.ensureDeferred
+async def test_offering_only_unknown_subprotocols_gets_400(serve: Serve) -> None:
+    url = f"ws://127.0.0.1:{port_of(serve())}/echo"
+    assert await deferToThread(offer_only, url, ["foo"]) == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_port_serves_the_same_site(serve: Serve) -> None:
+    service = serve(ports=("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"))
+    for index in (0, 1):
+        url = f"ws://127.0.0.1:{port_of(service, index)}/echo"
+        _, replies, _ = await deferToThread(echo_round_trip, url, [f"port {index}"])
+        assert replies == [f"port {index}"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_unix_socket_endpoint_serves(serve: Serve, tmp_path: Path) -> None:
+    from websockets.sync.client import unix_connect
+
+    path = tmp_path / "chat.sock"
+    serve(ports=(f"unix:{path}",))
+
+    def over_unix() -> str | bytes:
+        with unix_connect(str(path), uri="ws://localhost/echo") as ws:
+            ws.send("via unix")
+            return ws.recv(timeout=10)
+
+    assert await deferToThread(over_unix) == "via unix"
+
+
+def events_text(events: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("log_namespace") == namespace]
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_has_open_and_close_events_without_message_text(
+    serve: Serve, log_events: list[dict[str, Any]]
+) -> None:
+    url = f"ws://127.0.0.1:{port_of(serve())}/echo"
+    await deferToThread(echo_round_trip, url, ["secret words"], subprotocols=["plain-text"])
+    await deferToThread(offer_only, url, ["foo"])
+
+    ours = events_text(log_events, "chatservice.protocol")
+    opened = [e for e in ours if "open" in e["log_format"]]
+    closed = [e for e in ours if "closed" in e["log_format"]]
+    denied = [e for e in ours if "denied" in e["log_format"]]
+    assert len(opened) == 1 and len(closed) == 1 and len(denied) == 1
+    assert opened[0]["path"] == "/echo"
+    assert opened[0]["subprotocol"] == "plain-text"
+    assert opened[0]["extensions"] == ["permessage-deflate"]
+    assert opened[0]["peer"].startswith("tcp4:127.0.0.1:")
+    assert closed[0]["conn_id"] == opened[0]["conn_id"]
+    assert closed[0]["code"] == 1000 and closed[0]["duration"] >= 0
+    assert denied[0]["code"] == 400
+    assert not any("secret words" in repr(e) for e in log_events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_debug_level_logs_message_contents(serve: Serve, log_events: list[dict[str, Any]]) -> None:
+    url = f"ws://127.0.0.1:{port_of(serve(log_level='debug'))}/echo"
+    await deferToThread(echo_round_trip, url, ["visible at debug"])
+    assert any(
+        e.get("payload") == b"visible at debug" for e in events_text(log_events, "chatservice.protocol")
+    )

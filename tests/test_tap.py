@@ -1,0 +1,143 @@
+"""``twistd chatservice``: options, errors, and the installed plugin as users run it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from chatservice.config import BUNDLED_STATIC
+from chatservice.tap import Options
+from net import http_get
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults() -> None:
+    config = parse().config
+    assert config.ports == ("tcp:8080",)
+    assert config.static_dir == BUNDLED_STATIC
+    assert (config.static_dir / "index.html").is_file()
+    assert config.log_level == "info"
+
+
+def test_ports_repeat_and_bare_numbers_mean_tcp(tmp_path: Path) -> None:
+    config = parse(
+        "--port", "9000", "-p", "tcp:9001:interface=127.0.0.1", "--port", f"unix:{tmp_path}/s.sock"
+    ).config
+    assert config.ports == ("tcp:9000", "tcp:9001:interface=127.0.0.1", f"unix:{tmp_path}/s.sock")
+
+
+def test_static_dir_is_taken(tmp_path: Path) -> None:
+    assert parse("--static", str(tmp_path)).config.static_dir == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--port", "nonsense:1"], "Unknown endpoint type: 'nonsense'"),
+        (["--port", "tcp:notaport"], "--port 'tcp:notaport'"),
+        (["--port", "ssl:8443:privateKey=/nonexistent/key.pem"], "No such file or directory"),
+        (["--port", "systemd:domain=INET:index=0"], "no such socket was passed in by systemd"),
+        (["--static", "/nonexistent/dir"], "--static '/nonexistent/dir': no such directory"),
+        (["--static", "/etc/hostname"], "not a directory"),
+        (["--log-level", "loud"], "must be one of debug, info, warn, error"),
+        (["--no-such-option"], "option --no-such-option not recognized"),
+    ],
+)
+def test_bad_values_give_one_line_and_exit_2(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(*args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("twistd chatservice: error: ")
+    assert expected in err
+
+
+# The installed plugin, run as users run it.
+
+
+def run_twistd(twistd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(twistd), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_help_lists_every_option(twistd: Path) -> None:
+    result = run_twistd(twistd, "chatservice", "--help")
+    assert result.returncode == 0
+    for option in ("--port=", "--static=", "--log-level="):
+        assert option in result.stdout
+    assert "systemd:domain=INET:index=0" in result.stdout
+
+
+def test_bad_option_is_one_line_not_a_traceback(twistd: Path, tmp_path: Path) -> None:
+    result = run_twistd(twistd, "-n", "--pidfile=", "chatservice", "--port", "bogus:1")
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert "Unknown endpoint type" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "Usage:" not in result.stdout
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_port_in_use_is_one_line_and_non_zero(twistd: Path, busy_port: int, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(twistd), "-n", "chatservice", "--port", f"tcp:{busy_port}:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "cannot listen" in line]
+    assert len(errors) == 1
+    assert f"port {busy_port} on 127.0.0.1: Address already in use" in errors[0]
+    # twistd's pid file is not left behind.
+    assert not (tmp_path / "twistd.pid").exists()
+
+
+def test_twistd_serves_the_bundled_page_and_echo(twistd: Path, tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [str(twistd), "-n", "--pidfile=", "chatservice", "--port", "tcp:0:interface=127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )
+    try:
+        assert server.stdout is not None
+        port = None
+        for line in server.stdout:
+            match = re.search(r"chatservice listening on .*port=(\d+)", line)
+            if match:
+                port = int(match.group(1))
+                break
+        assert port is not None, "twistd never said where it listens"
+        status, headers, body = http_get(port, "/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert b"echo.js" in body
+        with connect(f"ws://127.0.0.1:{port}/echo", subprotocols=["plain-text"]) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=10) == "hello"
+    finally:
+        server.terminate()
+        server.wait(10)
+    # twistd re-raises the SIGTERM it stopped on; anything else is a crash.
+    assert server.returncode in (0, -signal.SIGTERM)
