@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOADGEN = BENCH_DIR / "loadgen.mjs"
@@ -186,10 +187,9 @@ def environment(node: str) -> dict[str, str]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
-    node_version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, timeout=10
+    versions["node"] = subprocess.run(
+        [node, "--version"], check=False, capture_output=True, text=True, timeout=10
     ).stdout.strip()
-    versions["node"] = node_version
     return versions
 
 
@@ -225,9 +225,6 @@ def running_server(name: str, pinning: Pinning, workdir: Path) -> Iterator[tuple
 
     Yields:
         The server's process id and port.
-
-    Raises:
-        BenchError: It exited or did not announce a port in time.
     """
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log_file:
@@ -236,17 +233,30 @@ def running_server(name: str, pinning: Pinning, workdir: Path) -> Iterator[tuple
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while (match := PORT_RE.search(log_path.read_text(errors="replace"))) is None:
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                what = f"exited with status {process.returncode}" if process.poll() is not None \
-                    else f"announced no port within {SERVER_START_TIMEOUT:.0f} s"
-                raise BenchError(f"{name} server {what}; its output:\n{tail}")
-            time.sleep(0.05)
-        yield process.pid, int(match.group(1))
+        yield process.pid, _wait_for_port(name, process, log_path)
     finally:
         stop(process)
+
+
+def _wait_for_port(name: str, process: subprocess.Popen[bytes], log_path: Path) -> int:
+    """The port server `name` announces in its log.
+
+    Raises:
+        BenchError: It exited or did not announce a port in time.
+    """
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while True:
+        output = log_path.read_text(errors="replace")
+        if match := PORT_RE.search(output):
+            return int(match.group(1))
+        if process.poll() is not None:
+            what = f"exited with status {process.returncode}"
+        elif time.monotonic() > deadline:
+            what = f"announced no port within {SERVER_START_TIMEOUT:.0f} s"
+        else:
+            time.sleep(0.05)
+            continue
+        raise BenchError(f"{name} server {what}; its output:\n{output[-2000:]}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -310,7 +320,7 @@ def run_loadgen(
     return result
 
 
-def _server_cpu_window(stderr: TextIO, server_pid: int) -> float | None:
+def _server_cpu_window(stderr: IO[str], server_pid: int) -> float | None:
     """Read the load generator's stderr to its end; the server's CPU share in the window.
 
     Returns:
@@ -333,9 +343,11 @@ def _server_cpu_window(stderr: TextIO, server_pid: int) -> float | None:
 
 def measure(name: str, node: str, params: Params, pinning: Pinning) -> dict[str, Any]:
     """One run: start server `name`, load it, stop it."""
-    with tempfile.TemporaryDirectory(prefix=f"echo-bench-{name}-") as tmp:
-        with running_server(name, pinning, Path(tmp)) as (pid, port):
-            return run_loadgen(node, port, pid, params, pinning)
+    with (
+        tempfile.TemporaryDirectory(prefix=f"echo-bench-{name}-") as tmp,
+        running_server(name, pinning, Path(tmp)) as (pid, port),
+    ):
+        return run_loadgen(node, port, pid, params, pinning)
 
 
 def notes_on(name: str, result: dict[str, Any]) -> list[str]:
@@ -344,7 +356,7 @@ def notes_on(name: str, result: dict[str, Any]) -> list[str]:
     if result["server_cpu_share"] < SATURATED:
         notes.append(
             f"{name}: server CPU share {result['server_cpu_share']} < {SATURATED}: "
-            "the server was not the bottleneck"
+            "the server was not the bottleneck (something else busy on its CPU?)"
         )
     if result["loadgen_cpu_share"] > LOADGEN_BUSY:
         notes.append(
@@ -403,9 +415,15 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
     return document, clean
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so every process started is stopped."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its JSON document; the exit status."""
     params = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         document, clean = run(params)
     except BenchError as e:

@@ -14,8 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from twisted.internet import reactor
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
+from twisted.internet import reactor as _reactor
+
+#: The global (epoll) reactor, as twistd uses; untyped because mypy cannot see
+#: the zope interfaces it provides.
+reactor: Any = _reactor
 
 MiB = 1024 * 1024
 
@@ -45,9 +52,9 @@ def main() -> None:
         maxFramePayloadSize=16 * MiB,
         perMessageCompressionAccept=accept_permessage_deflate,
     )
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     print(f"port={port.getHost().port}", flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import static
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource
@@ -91,8 +92,25 @@ class WebSocketEndpoint(WebSocketResource):
             request.setHeader(b"Connection", b"Upgrade")
             request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
             return _UPGRADE_PAGE.format(path=html.escape(self._path)).encode("utf-8")
+        channel = request.channel
+        transport = channel.transport
         result: bytes | int = super().render(request)
+        if transport is not None and channel.transport is None:
+            # Autobahn took the connection over.  Bytes the client sent right
+            # behind its handshake (a first frame, say) are still in
+            # twisted.web's hands: its LineReceiver hands them to
+            # rawDataReceived once render returns.  Pass them on, in order.
+            channel.rawDataReceived = _protocol_of(transport).dataReceived
         return result
+
+
+def _protocol_of(transport: Any) -> Any:
+    """The protocol Autobahn connected to `transport` (as its render does)."""
+    if isinstance(transport, ProtocolWrapper):
+        return transport.wrappedProtocol
+    if isinstance(transport.protocol, ProtocolWrapper):
+        return transport.protocol.wrappedProtocol
+    return transport.protocol
 
 
 def make_site(config: Config, reactor: Any = None) -> Site:
