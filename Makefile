@@ -15,5 +15,5 @@ autobahn-quick:
 bench:
 	scripts/setup-venv test && .venv/bin/python bench/echo_bench.py
 lint:
-	scripts/setup-venv test && .venv/bin/python -m pip install --quiet ruff mypy && \
-	  .venv/bin/ruff check chatservice tests scripts bench && .venv/bin/mypy chatservice
+	scripts/setup-venv test && .venv/bin/python -m pip install --quiet ruff mypy mypy-zope && \
+	  .venv/bin/ruff check chatservice tests scripts bench twisted && .venv/bin/ruff format --check chatservice tests scripts bench twisted && .venv/bin/mypy chatservice

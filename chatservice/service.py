@@ -8,8 +8,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -28,12 +27,14 @@ class _AnnouncingEndpoint:
     tests read it from the log event or from `ChatService.listening`.
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, description: str, ports: list[IListeningPort]):
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, description: str, ports: list[IListeningPort]
+    ):
         self._endpoint = endpoint
         self._description = description
         self._ports = ports
 
-    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         def announce(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
             _log.info(

@@ -56,9 +56,7 @@ def existing_directory(value: str) -> Path:
 def log_level(value: str) -> str:
     level = value.strip().lower()
     if level not in LOG_LEVELS:
-        raise usage.UsageError(
-            f"--log-level {value!r}: must be one of {', '.join(LOG_LEVELS)}"
-        )
+        raise usage.UsageError(f"--log-level {value!r}: must be one of {', '.join(LOG_LEVELS)}")
     return level
 
 
@@ -139,5 +137,5 @@ def makeService(options: Options) -> IService:
     # own events already say (denied handshakes, closes with their reason):
     # let it speak below error only when debugging.
     level = options.config.log_level
-    txaio.set_global_log_level(level if level in ("debug", "error") else "error")
+    txaio.set_global_log_level(level if level in ("debug", "error") else "error")  # type: ignore[attr-defined]
     return ChatService(options.config)

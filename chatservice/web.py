@@ -29,7 +29,7 @@ class StaticFiles(static.File):
     UTF-8, and directory listings (a directory without ``index.html`` is 404).
     """
 
-    childNotFound = _NOT_FOUND
+    childNotFound = _NOT_FOUND  # type: ignore[assignment]
 
     def __init__(self, path: str | Path, *args: Any, root: str | None = None, **kw: Any) -> None:
         super().__init__(str(path), *args, **kw)
@@ -70,7 +70,8 @@ _UPGRADE_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>426 Upgrade Required</title></head>
 <body><h1>426 Upgrade Required</h1>
 <p>{path} is a WebSocket endpoint. Connect to it with a WebSocket client, for example
-<code>new WebSocket("ws://HOST{path}")</code> in a browser, or open <a href="/">the web client</a>.</p>
+<code>new WebSocket("ws://HOST{path}")</code> in a browser,
+or open <a href="/">the web client</a>.</p>
 </body></html>
 """
 
@@ -100,7 +101,7 @@ class WebSocketEndpoint(WebSocketResource):
             # behind its handshake (a first frame, say) are still in
             # twisted.web's hands: its LineReceiver hands them to
             # rawDataReceived once render returns.  Pass them on, in order.
-            channel.rawDataReceived = _protocol_of(transport).dataReceived
+            channel.rawDataReceived = _protocol_of(transport).dataReceived  # type: ignore[method-assign]
         return result
 
 

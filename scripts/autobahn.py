@@ -47,8 +47,12 @@ def start_server(log_path: Path, timeout: float = 30.0) -> tuple[subprocess.Pope
     """
     twistd = Path(sys.executable).with_name("twistd")
     command = [
-        str(twistd), "-n", "--pidfile=", "chatservice",
-        "--port", "tcp:0:interface=127.0.0.1",
+        str(twistd),
+        "-n",
+        "--pidfile=",
+        "chatservice",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
     ]
     server = subprocess.Popen(
         command,
@@ -89,7 +93,9 @@ def stop_server(server: subprocess.Popen[str]) -> None:
         server.wait()
 
 
-def run_suite(url: str, outdir: Path, parallelism: int, exclude: list[str], include: list[str]) -> None:
+def run_suite(
+    url: str, outdir: Path, parallelism: int, exclude: list[str], include: list[str]
+) -> None:
     kosoku = Path(sys.executable).with_name("kosoku")
     if not kosoku.exists():
         found = shutil.which("kosoku")
@@ -117,10 +123,16 @@ def summarize(outdir: Path) -> dict[str, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip the slow compression groups 12.* and 13.*")
+    parser.add_argument(
+        "--quick", action="store_true", help="skip the slow compression groups 12.* and 13.*"
+    )
     parser.add_argument("--url", help="test this running server instead of starting one")
-    parser.add_argument("-p", "--parallelism", type=int, default=2, help="cases run at once (default 2)")
-    parser.add_argument("-i", "--include", action="append", default=[], help="only these cases (glob, repeatable)")
+    parser.add_argument(
+        "-p", "--parallelism", type=int, default=2, help="cases run at once (default 2)"
+    )
+    parser.add_argument(
+        "-i", "--include", action="append", default=[], help="only these cases (glob, repeatable)"
+    )
     parser.add_argument("-o", "--outdir", type=Path, default=ROOT / "reports" / "autobahn")
     args = parser.parse_args(argv)
 
@@ -137,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         if url is None:
             server, port = start_server(outdir / "server.log")
             url = f"ws://127.0.0.1:{port}/echo"
-        print(f"autobahn: running the testsuite against {url}"
-              f"{' (quick: without ' + ', '.join(SLOW_GROUPS) + ')' if args.quick else ''}", flush=True)
+        print(
+            f"autobahn: running the testsuite against {url}"
+            f"{' (quick: without ' + ', '.join(SLOW_GROUPS) + ')' if args.quick else ''}",
+            flush=True,
+        )
         run_suite(url, outdir, args.parallelism, exclude, args.include)
         if server is not None and server.poll() is not None:
             print(f"autobahn: chatservice exited during the run (status {server.returncode})")
@@ -152,14 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     behaviors = collections.Counter(c["behavior"] for c in cases.values())
     closes = collections.Counter(c["behaviorClose"] for c in cases.values())
     bad = {
-        case: result for case, result in cases.items()
+        case: result
+        for case, result in cases.items()
         if result["behavior"] not in PASSING or result["behaviorClose"] not in PASSING
     }
     print(f"autobahn: {len(cases)} cases in {elapsed:.1f}s; report: {outdir / 'index.html'}")
     print("  behavior:      " + ", ".join(f"{k} {v}" for k, v in sorted(behaviors.items())))
     print("  behaviorClose: " + ", ".join(f"{k} {v}" for k, v in sorted(closes.items())))
     for case, result in sorted(bad.items(), key=lambda kv: [int(p) for p in kv[0].split(".")]):
-        print(f"  NOT OK {case}: behavior={result['behavior']} behaviorClose={result['behaviorClose']}")
+        behavior, close = result["behavior"], result["behaviorClose"]
+        print(f"  NOT OK {case}: behavior={behavior} behaviorClose={close}")
     if not args.quick and not args.include and len(cases) != FULL_SUITE_CASES:
         print(f"autobahn: FAILED: expected {FULL_SUITE_CASES} cases, ran {len(cases)}")
         return 1

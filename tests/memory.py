@@ -33,9 +33,13 @@ def connect_protocol(site: Site, client: Protocol, clock: Clock) -> IOPump:
     server = site.buildProtocol(CLIENT_ADDRESS)
     return connect(
         server,
-        FakeTransport(server, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS),
+        FakeTransport(
+            server, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS
+        ),
         client,
-        FakeTransport(client, isServer=False, hostAddress=CLIENT_ADDRESS, peerAddress=SERVER_ADDRESS),
+        FakeTransport(
+            client, isServer=False, hostAddress=CLIENT_ADDRESS, peerAddress=SERVER_ADDRESS
+        ),
         clock=clock,
     )
 
@@ -64,7 +68,9 @@ class RawClient(Protocol):
         return int(self.received.split(b" ", 2)[1])
 
 
-def upgrade_request(path: str = "/echo", protocols: list[str] | None = None, extra: str = "") -> bytes:
+def upgrade_request(
+    path: str = "/echo", protocols: list[str] | None = None, extra: str = ""
+) -> bytes:
     """A WebSocket opening handshake, as a browser sends it."""
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [

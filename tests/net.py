@@ -12,7 +12,9 @@ def port_of(service: ChatService, index: int = 0) -> int:
     return int(service.listening[index].getHost().port)
 
 
-def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """A blocking GET of `path` exactly as given (no normalisation of ``..``).
 
     Run it in a thread (`deferToThread`) while the reactor serves.

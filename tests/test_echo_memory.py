@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from memory import RawClient, connect_protocol, upgrade_request, websocket_client
 from twisted.internet.task import Clock
 from twisted.web.server import Site
 
 from chatservice.config import Config
 from chatservice.web import make_site
-from memory import RawClient, connect_protocol, upgrade_request, websocket_client
 
 LIMIT = 1024
 

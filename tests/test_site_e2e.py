@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from net import http_get, port_of
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from chatservice.config import MiB
 from chatservice.service import ChatService
-from net import http_get, port_of
 
 Serve = Callable[..., ChatService]
 
@@ -92,7 +92,9 @@ async def test_plain_http_get_of_echo_gets_a_helpful_426(serve: Serve) -> None:
     assert b"WebSocket endpoint" in body
 
 
-def echo_round_trip(url: str, messages: list[str | bytes], **options: Any) -> tuple[str | None, list[str | bytes], str | None]:
+def echo_round_trip(
+    url: str, messages: list[str | bytes], **options: Any
+) -> tuple[str | None, list[str | bytes], str | None]:
     """Send each message and read its echo with the `websockets` client."""
     with connect(url, max_size=None, open_timeout=10, close_timeout=10, **options) as ws:
         replies = []
@@ -215,9 +217,12 @@ async def test_log_has_open_and_close_events_without_message_text(
 
 
 @pytest_twisted.ensureDeferred
-async def test_debug_level_logs_message_contents(serve: Serve, log_events: list[dict[str, Any]]) -> None:
+async def test_debug_level_logs_message_contents(
+    serve: Serve, log_events: list[dict[str, Any]]
+) -> None:
     url = f"ws://127.0.0.1:{port_of(serve(log_level='debug'))}/echo"
     await deferToThread(echo_round_trip, url, ["visible at debug"])
     assert any(
-        e.get("payload") == b"visible at debug" for e in events_text(log_events, "chatservice.protocol")
+        e.get("payload") == b"visible at debug"
+        for e in events_text(log_events, "chatservice.protocol")
     )

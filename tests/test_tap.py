@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from net import http_get
 from websockets.sync.client import connect
 
 from chatservice.config import BUNDLED_STATIC
 from chatservice.tap import Options
-from net import http_get
 
 
 def parse(*args: str) -> Options:
@@ -104,7 +104,11 @@ def busy_port() -> Iterator[int]:
 def test_port_in_use_is_one_line_and_non_zero(twistd: Path, busy_port: int, tmp_path: Path) -> None:
     result = subprocess.run(
         [str(twistd), "-n", "chatservice", "--port", f"tcp:{busy_port}:interface=127.0.0.1"],
-        capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -119,7 +123,10 @@ def test_port_in_use_is_one_line_and_non_zero(twistd: Path, busy_port: int, tmp_
 def test_twistd_serves_the_bundled_page_and_echo(twistd: Path, tmp_path: Path) -> None:
     server = subprocess.Popen(
         [str(twistd), "-n", "--pidfile=", "chatservice", "--port", "tcp:0:interface=127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         assert server.stdout is not None
