@@ -226,3 +226,63 @@ async def test_debug_level_logs_message_contents(
         e.get("payload") == b"visible at debug"
         for e in events_text(log_events, "chatservice.protocol")
     )
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1, valid for a day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_endpoint_serves_wss_next_to_plain_tcp(serve: Serve, tmp_path: Path) -> None:
+    import ssl
+
+    key, cert = self_signed_certificate(tmp_path)
+    service = serve(
+        ports=(
+            "tcp:0:interface=127.0.0.1",
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+        )
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    url = f"wss://127.0.0.1:{port_of(service, 1)}/echo"
+    _, replies, _ = await deferToThread(echo_round_trip, url, ["over TLS"], ssl=context)
+    assert replies == ["over TLS"]
+    _, replies, _ = await deferToThread(
+        echo_round_trip, f"ws://127.0.0.1:{port_of(service, 0)}/echo", ["plain"]
+    )
+    assert replies == ["plain"]
