@@ -18,7 +18,8 @@ each counts.  One JSON document goes to stdout, progress to stderr.
 
 Exit status 0 whether or not the target is met (a benchmark is never pass or
 fail); 1 if the benchmark could not run, or ran but the load generator saw
-errors (wrong echoes, dropped connections), so its numbers do not count.
+errors (wrong echoes, dropped connections), so its numbers do not count;
+130 when interrupted.  Every process it starts is stopped before it exits.
 """
 
 from __future__ import annotations
@@ -109,18 +110,26 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     parser = argparse.ArgumentParser(
         description="Echo benchmark: chatservice /echo against a minimal Autobahn echo.",
     )
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="measured seconds per run (default: 10)")
-    parser.add_argument("--warmup", type=float, default=2.0,
-                        help="seconds of load before measuring, not counted (default: 2)")
-    parser.add_argument("--connections", type=int, default=50,
-                        help="concurrent connections (default: 50)")
-    parser.add_argument("--size", type=int, default=32,
-                        help="message size in bytes (default: 32)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="runs of each server, alternating; the best counts (default: 2)")
-    parser.add_argument("--only", choices=sorted(SERVERS),
-                        help="run only this server (no ratio)")
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per run (default: 10)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of load before measuring, not counted (default: 2)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=50, help="concurrent connections (default: 50)"
+    )
+    parser.add_argument("--size", type=int, default=32, help="message size in bytes (default: 32)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="runs of each server, alternating; the best counts (default: 2)",
+    )
+    parser.add_argument("--only", choices=sorted(SERVERS), help="run only this server (no ratio)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be > 0 and --warmup >= 0")
@@ -172,7 +181,10 @@ def ensure_loadgen() -> str:
         try:
             subprocess.run(
                 [npm, "ci", "--no-audit", "--no-fund"],
-                cwd=BENCH_DIR, stdout=sys.stderr, check=True, timeout=NPM_TIMEOUT,
+                cwd=BENCH_DIR,
+                stdout=sys.stderr,
+                check=True,
+                timeout=NPM_TIMEOUT,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
             raise BenchError(f"npm ci in bench/ failed: {e}") from None
@@ -200,8 +212,14 @@ def server_command(name: str) -> list[str]:
         if not twistd.exists():
             raise BenchError(f"{twistd} not found: is chatservice installed in this environment?")
         # Default log level (info), as a user runs it.
-        return [str(twistd), "-n", "--pidfile=", "chatservice",
-                "--port", "tcp:0:interface=127.0.0.1"]
+        return [
+            str(twistd),
+            "-n",
+            "--pidfile=",
+            "chatservice",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+        ]
     return [sys.executable, str(REFERENCE)]
 
 
@@ -230,7 +248,10 @@ def running_server(name: str, pinning: Pinning, workdir: Path) -> Iterator[tuple
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [*pinning.server, *server_command(name)],
-            cwd=workdir, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     try:
         yield process.pid, _wait_for_port(name, process, log_path)
@@ -264,7 +285,7 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     # Fields after the command name, which is in parentheses and may hold spaces:
     # state is field 3, utime 14 and stime 15 (proc(5)).
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -278,22 +299,33 @@ def run_loadgen(
     passed on.
 
     Returns:
-        The load generator's result plus ``server_cpu_share``.
+        The load generator's result plus ``server_cpu_share`` and
+        ``messages_per_server_cpu_s``.
 
     Raises:
         BenchError: The load generator failed or did not finish in time.
     """
     command = [
-        *pinning.loadgen, node, str(LOADGEN),
-        "--url", f"ws://127.0.0.1:{port}/echo",
-        "--connections", str(params.connections),
-        "--size", str(params.size),
-        "--warmup", str(params.warmup),
-        "--duration", str(params.duration),
+        *pinning.loadgen,
+        node,
+        str(LOADGEN),
+        "--url",
+        f"ws://127.0.0.1:{port}/echo",
+        "--connections",
+        str(params.connections),
+        "--size",
+        str(params.size),
+        "--warmup",
+        str(params.warmup),
+        "--duration",
+        str(params.duration),
     ]
     limit = params.warmup + params.duration + LOADGEN_SLACK
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     watchdog = threading.Timer(limit, process.kill)
@@ -317,6 +349,11 @@ def run_loadgen(
         raise BenchError(f"the load generator printed no JSON result: {output!r}") from None
     result["loadgen_cpu_share"] = result.pop("cpu_share")
     result["server_cpu_share"] = window
+    # Throughput per second of server CPU: what another busy process on the
+    # server's CPU does not change (it only takes time away from the server).
+    result["messages_per_server_cpu_s"] = (
+        round(result["messages_per_s"] / window, 1) if window else None
+    )
     return result
 
 
@@ -380,12 +417,16 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_number in range(1, params.rounds + 1):
         for name in names:
-            log(f"round {round_number}/{params.rounds}: {name} "
-                f"({params.warmup:g} s warmup + {params.duration:g} s)")
+            log(
+                f"round {round_number}/{params.rounds}: {name} "
+                f"({params.warmup:g} s warmup + {params.duration:g} s)"
+            )
             result = measure(name, node, params, pinning)
-            log(f"  {result['messages_per_s']:.0f} messages/s, p50 {result['p50_ms']} ms, "
+            log(
+                f"  {result['messages_per_s']:.0f} messages/s, p50 {result['p50_ms']} ms, "
                 f"p99 {result['p99_ms']} ms, errors {result['errors']}, "
-                f"CPU server {result['server_cpu_share']} loadgen {result['loadgen_cpu_share']}")
+                f"CPU server {result['server_cpu_share']} loadgen {result['loadgen_cpu_share']}"
+            )
             runs[name].append(result)
 
     document: dict[str, Any] = {
@@ -406,13 +447,22 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
         document[name] = {**best, "runs_messages_per_s": [r["messages_per_s"] for r in runs[name]]}
         notes += notes_on(name, best)
     if len(names) == 2:
-        reference = document["reference"]["messages_per_s"]
-        ratio = round(document["chatservice"]["messages_per_s"] / reference, 3) if reference else None
-        document.update(ratio=ratio, target=TARGET,
-                        meets_target=ratio is not None and ratio >= TARGET)
+        ratio = _ratio(document, "messages_per_s")
+        document.update(
+            ratio=ratio,
+            target=TARGET,
+            meets_target=ratio is not None and ratio >= TARGET,
+            ratio_per_server_cpu=_ratio(document, "messages_per_server_cpu_s"),
+        )
     document["notes"] = notes
     clean = all(r["errors"] == 0 for rs in runs.values() for r in rs)
     return document, clean
+
+
+def _ratio(document: dict[str, Any], field: str) -> float | None:
+    """chatservice's `field` over the reference's, or None if undefined."""
+    ours, reference = document["chatservice"][field], document["reference"][field]
+    return round(ours / reference, 3) if ours is not None and reference else None
 
 
 def _interrupt(signum: int, frame: Any) -> None:

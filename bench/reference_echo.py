@@ -14,15 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.compress import (
-    PerMessageDeflateOffer,
-    PerMessageDeflateOfferAccept,
-)
-from twisted.internet import reactor as _reactor
-
-#: The global (epoll) reactor, as twistd uses; untyped because mypy cannot see
-#: the zope interfaces it provides.
-reactor: Any = _reactor
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 
 MiB = 1024 * 1024
 
@@ -52,8 +46,9 @@ def main() -> None:
         maxFramePayloadSize=16 * MiB,
         perMessageCompressionAccept=accept_permessage_deflate,
     )
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    print(f"port={port.getHost().port}", flush=True)
+    address = reactor.listenTCP(0, factory, interface="127.0.0.1").getHost()
+    assert isinstance(address, IPv4Address)
+    print(f"port={address.port}", flush=True)
     reactor.run()
 
 
