@@ -19,9 +19,8 @@
 
 import { parseArgs } from "node:util";
 import WebSocket from "ws";
+import { MEASURED, MEASURING, cpuSeconds, quantile, round3, sleep } from "./_common.mjs";
 
-const MEASURING = "loadgen: measuring";
-const MEASURED = "loadgen: measured";
 const CONNECT_TIMEOUT_MS = 10_000;
 const CLOSE_TIMEOUT_MS = 2_000;
 
@@ -54,24 +53,6 @@ function options() {
     process.exit(2);
   }
   return opts;
-}
-
-/** The value at quantile q (0..1) of an ascending array, nearest rank; null if empty. */
-function quantile(sorted, q) {
-  if (sorted.length === 0) return null;
-  const rank = Math.max(1, Math.ceil(q * sorted.length));
-  return sorted[rank - 1];
-}
-
-/** Round to 3 decimals (microseconds, for values in ms). */
-function round3(x) {
-  return x === null ? null : Math.round(x * 1000) / 1000;
-}
-
-/** CPU seconds (user + system) this process has used so far. */
-function cpuSeconds() {
-  const { user, system } = process.cpuUsage();
-  return (user + system) / 1e6;
 }
 
 const opts = options();
@@ -147,10 +128,6 @@ function connect() {
     ws.once("open", () => resolve(ws));
     ws.once("error", reject);
   });
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 async function main() {

@@ -32,6 +32,20 @@ class Config:
         auto_ping_interval: Seconds between pings to an idle connection
             (0 disables).
         auto_ping_timeout: Seconds to wait for the pong before closing.
+        allowed_origins: ``--allowed-origin`` patterns for ``/chat`` (besides
+            same-host origins and clients that send none).
+        history: Messages kept per room.
+        database: SQLite file of the history; ``:memory:`` keeps nothing.
+        chat_max_message_size: Largest ``/chat`` frame or message, in bytes,
+            after decompression; larger ones close with 1009.
+        max_text_length: Longest chat text, in characters.
+        rate: Frames per second a chat connection may send, sustained.
+        burst: Frames a chat connection may send at once.
+        max_connections: Open WebSocket connections, in all.
+        max_connections_per_address: Open WebSocket connections per client address.
+        max_send_buffer: Bytes waiting to be written to a chat connection
+            before it is closed as a slow consumer.
+        motd: Message of the day, in the chat welcome.
     """
 
     ports: tuple[str, ...] = ("tcp:8080",)
@@ -41,6 +55,17 @@ class Config:
     open_handshake_timeout: float = 10.0
     auto_ping_interval: float = 30.0
     auto_ping_timeout: float = 30.0
+    allowed_origins: tuple[str, ...] = ()
+    history: int = 100
+    database: str = "chatservice.sqlite3"
+    chat_max_message_size: int = 64 * 1024
+    max_text_length: int = 2000
+    rate: float = 10.0
+    burst: int = 30
+    max_connections: int = 10000
+    max_connections_per_address: int = 100
+    max_send_buffer: int = 1 * MiB
+    motd: str = ""
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -49,5 +74,17 @@ class Config:
             raise ValueError(
                 f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
-        if self.echo_max_message_size <= 0:
-            raise ValueError("the echo message size limit must be positive")
+        for name in (
+            "echo_max_message_size",
+            "chat_max_message_size",
+            "max_text_length",
+            "rate",
+            "burst",
+            "max_connections",
+            "max_connections_per_address",
+            "max_send_buffer",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.history < 0:
+            raise ValueError("history must not be negative")

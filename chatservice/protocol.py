@@ -18,19 +18,40 @@ from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from chatservice import __version__
 from chatservice.config import Config
+from chatservice.hub import Hub, Session
+from chatservice.messages import (
+    DEFAULT_ROOM,
+    JSON,
+    TEXT,
+    Dialect,
+    Event,
+    Join,
+    ProtocolError,
+    encode_json,
+    parse_json,
+    parse_text,
+    text_lines,
+)
+from chatservice.policy import ConnectionLimits, OriginPolicy
 
 # Autobahn's protocol classes own `self.log`; ours is module level.
 _log = Logger()
 
 SERVER_NAME = f"chatservice/{__version__}"
 
-#: Close code for an unexpected error on our side (RFC 6455, 7.4.1).
+#: Close codes (RFC 6455, 7.4.1).
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
+_OPEN = WebSocketProtocol.STATE_OPEN
 
 
 def accept_permessage_deflate(
@@ -66,9 +87,13 @@ class ServerProtocol(WebSocketServerProtocol):
     #: Whether a client offering no subprotocol at all is accepted.
     allow_no_subprotocol = True
 
+    #: Whether the Origin header is checked (endpoints browsers use for state).
+    check_origin = False
+
     conn_id = 0
     _opened_at: float | None = None
     _path = ""
+    _counted_address: str | None = None
 
     def connectionMade(self) -> None:
         self.conn_id = self.factory.next_connection_id()
@@ -99,22 +124,37 @@ class ServerProtocol(WebSocketServerProtocol):
             ) from None
 
     def negotiate(self, request: ConnectionRequest) -> str | None:
-        """Pick the subprotocol: the first one the client offers that we speak.
+        """Check the origin, pick the subprotocol, count the connection.
+
+        The subprotocol is the first one the client offers that we speak.
 
         Raises:
-            ConnectionDeny: 400 when the client offers only subprotocols this
-                endpoint does not speak.
+            ConnectionDeny: 403 for an origin not allowed, 400 when the client
+                offers only subprotocols this endpoint does not speak, 503 over
+                the connection limits.
         """
+        if self.check_origin and not self.factory.origins.allows(request.origin, request.host):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Origin not allowed")
+        chosen = None
         for offered in request.protocols:
             if offered in self.subprotocols:
-                return offered
-        if request.protocols or not self.allow_no_subprotocol:
-            speaks = ", ".join(self.subprotocols) or "none"
-            raise ConnectionDeny(
-                ConnectionDeny.BAD_REQUEST,
-                f"Unknown protocol; this endpoint speaks: {speaks}",
-            )
-        return None
+                chosen = offered
+                break
+        else:
+            if request.protocols or not self.allow_no_subprotocol:
+                speaks = ", ".join(self.subprotocols) or "none"
+                raise ConnectionDeny(
+                    ConnectionDeny.BAD_REQUEST,
+                    f"Unknown protocol; this endpoint speaks: {speaks}",
+                )
+        peer = self.transport.getPeer() if self.transport else None
+        # IP connections count per host; a Unix socket's peers all count as one.
+        address = str(getattr(peer, "host", None) or "local")
+        refused = self.factory.limits.acquire(address)
+        if refused is not None:
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, refused)
+        self._counted_address = address
+        return chosen
 
     def onOpen(self) -> None:
         self._opened_at = time.monotonic()
@@ -137,6 +177,9 @@ class ServerProtocol(WebSocketServerProtocol):
         """Called once the connection is open; subclasses may override."""
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._counted_address is not None:
+            self.factory.limits.release(self._counted_address)
+            self._counted_address = None
         if self._opened_at is None:
             # The opening handshake never completed; it was logged as denied
             # (or Autobahn logged why it failed).
@@ -192,9 +235,12 @@ class EndpointFactory(WebSocketServerFactory):
         config: Config,
         protocol: type[ServerProtocol],
         max_message_size: int,
+        limits: ConnectionLimits,
     ) -> None:
         super().__init__(server=SERVER_NAME)
         self.protocol = protocol
+        self.limits = limits
+        self.origins = OriginPolicy(config.allowed_origins)
         self.log_messages = config.log_level == "debug"
         self.setProtocolOptions(
             # Send a close frame (and so what we had queued before it) when
@@ -217,6 +263,155 @@ class EndpointFactory(WebSocketServerFactory):
         return next(EndpointFactory._ids)
 
 
-def echo_factory(config: Config) -> EndpointFactory:
+def echo_factory(config: Config, limits: ConnectionLimits) -> EndpointFactory:
     """The factory behind ``/echo``."""
-    return EndpointFactory(config, EchoProtocol, config.echo_max_message_size)
+    return EndpointFactory(config, EchoProtocol, config.echo_max_message_size, limits)
+
+
+def prepare_text(payload: bytes) -> PreparedMessage:
+    """Frame a text message once, for any number of our connections.
+
+    What ``WebSocketServerFactory.prepareMessage`` does, without a factory.
+    """
+    return PreparedMessage(payload, False, False, False)
+
+
+JSON_SUBPROTOCOLS = ("chat.v1.json", "beej-chat-protocol")
+TEXT_SUBPROTOCOL = "plain-text"
+
+
+@implementer(IPushProducer)
+class ChatProtocol(ServerProtocol):
+    """``/chat``: a thin adapter between Autobahn and the `Hub` (a hub `Member`).
+
+    It is also the transport's push producer: Twisted pauses it when more than
+    its buffer (64 KiB) waits to be written, and from then on what the hub
+    delivers is counted; past ``max_send_buffer`` the connection is closed as a
+    slow consumer instead of buffering without bound.
+    """
+
+    factory: ChatFactory
+    subprotocols = (*JSON_SUBPROTOCOLS, TEXT_SUBPROTOCOL)
+    check_origin = True
+
+    dialect: Dialect = TEXT
+    session: Session | None = None
+    _paused = False
+    _unsent = 0
+
+    def negotiate(self, request: ConnectionRequest) -> str | None:
+        chosen = super().negotiate(request)
+        self.dialect = JSON if chosen in JSON_SUBPROTOCOLS else TEXT
+        return chosen
+
+    def opened(self) -> None:
+        # twisted.web's channel was the transport's producer; we are now.
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        hub = self.factory.hub
+        self.session = hub.connect(self)
+        if self.dialect is TEXT:
+            hub.handle(self.session, Join(room=DEFAULT_ROOM, username=hub.guest_name(self)))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        if session is None:
+            return  # closing
+        hub = self.factory.hub
+        if isBinary:
+            hub.close(self, CLOSE_UNSUPPORTED_DATA, "binary frames are not part of this protocol")
+            return
+        if not hub.admit(session):
+            return
+        if self.factory.log_messages:
+            _log.debug(
+                "conn={conn_id} received {payload!r}", conn_id=self.conn_id, payload=payload[:200]
+            )
+        try:
+            if self.dialect is JSON:
+                command = parse_json(payload)
+            else:
+                command = parse_text(payload.decode("utf-8"))
+            hub.handle(session, command)
+        except ProtocolError as error:
+            self.send_event(error.event())
+        except Exception:
+            _log.failure("conn={conn_id} error handling a frame", conn_id=self.conn_id)
+            hub.close(self, CLOSE_INTERNAL_ERROR, "Internal Server Error")
+
+    def closed(self) -> None:
+        self.factory.hub.disconnect(self)
+        self.session = None
+
+    # The hub's Member interface.
+
+    def send_event(self, event: Event) -> None:
+        if self.state != _OPEN:
+            return
+        if self.dialect is JSON:
+            self.sendMessage(encode_json(event))
+        else:
+            for line in text_lines(event):
+                self.sendMessage(line.encode("utf-8"))
+
+    def deliver(self, frame: Any) -> None:
+        if self.state != _OPEN:
+            return
+        if self._perMessageCompress is None:
+            # The frame as prepared once for everybody, straight to the
+            # transport (Autobahn's sendData adds only logging and stats).
+            data = frame.payloadHybi
+            self.transport.write(data)  # type: ignore[union-attr]
+        else:
+            data = frame.payload
+            self.sendMessage(data, frame.binary)
+        if self._paused:
+            self._unsent += len(data)
+            if self._unsent > self.factory.max_send_buffer:
+                self._slow_consumer()
+
+    def close(self, code: int, reason: str) -> None:
+        self.session = None
+        if self.state == _OPEN:
+            self.sendClose(code, reason)
+
+    # IPushProducer, called by the transport.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._unsent = _transport_buffered(self.transport)
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._unsent = 0
+
+    def stopProducing(self) -> None:
+        self._paused = False
+
+    def _slow_consumer(self) -> None:
+        _log.info(
+            "conn={conn_id} closed as a slow consumer: over {limit} bytes unsent",
+            conn_id=self.conn_id,
+            limit=self.factory.max_send_buffer,
+        )
+        # The close frame will not get through a full buffer: the closing
+        # handshake times out (1 s) and the connection is dropped with its buffer.
+        self.factory.hub.close(self, CLOSE_POLICY, "slow consumer")
+
+
+def _transport_buffered(transport: Any) -> int:
+    """Bytes waiting in a Twisted TCP transport's buffer (0 if it does not say)."""
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except (AttributeError, TypeError):
+        return 0
+
+
+class ChatFactory(EndpointFactory):
+    """The factory behind ``/chat``: holds the hub its connections talk to."""
+
+    def __init__(self, config: Config, hub: Hub, limits: ConnectionLimits) -> None:
+        super().__init__(config, ChatProtocol, config.chat_max_message_size, limits)
+        self.hub = hub
+        self.max_send_buffer = config.max_send_buffer

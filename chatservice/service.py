@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from chatservice.config import Config
+from chatservice.history import History, ThreadExecutor, immediate_executor
+from chatservice.hub import ChatLimits, HistoryStore, Hub
+from chatservice.protocol import SERVER_NAME, prepare_text
 from chatservice.web import make_site
 
 _log = Logger()
@@ -48,6 +54,23 @@ class _AnnouncingEndpoint:
         return d.addCallback(announce)
 
 
+def make_hub(config: Config, history: HistoryStore, seconds: Callable[[], float]) -> Hub:
+    """The chat hub as `config` describes it."""
+    return Hub(
+        history,
+        seconds,
+        prepare_text,
+        server=SERVER_NAME,
+        motd=config.motd,
+        limits=ChatLimits(
+            max_message_size=config.chat_max_message_size,
+            max_text_length=config.max_text_length,
+            rate=config.rate,
+            burst=config.burst,
+        ),
+    )
+
+
 class ChatService(MultiService):
     """The whole service, as twistd runs it.
 
@@ -62,8 +85,17 @@ class ChatService(MultiService):
 
     def __init__(self, config: Config, reactor: Any = None) -> None:
         super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
         self.config = config
-        self.site: Site = make_site(config, reactor)
+        self.reactor = reactor
+        self._executor: ThreadExecutor | None = None
+        self._history_open = False
+        self.history = History(config.database, config.history, self._run_history)
+        self.hub = make_hub(config, self.history, reactor.seconds)
+        self.site: Site = make_site(config, self.hub, reactor)
         self.listening: list[IListeningPort] = []
         for description in config.ports:
             # strports.service raises listen errors from privilegedStartService.
@@ -72,10 +104,48 @@ class ChatService(MultiService):
             svc.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
+        self._open_history()
         try:
             super().privilegedStartService()
         except CannotListenError as e:
             raise StartupError(f"cannot listen: {_describe(e)}") from None
+
+    def startService(self) -> None:
+        self._open_history()
+        if self._executor is None:
+            # From now on SQLite runs in its own thread, never in the reactor's.
+            # (Started only now: a thread would keep a process that failed to
+            # listen from exiting.)
+            self._executor = ThreadExecutor(self.reactor)
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        d: Deferred[None] = defer.maybeDeferred(super().stopService)
+        if self._executor is not None:
+            d.addBoth(lambda _: self.history.close())
+            d.addBoth(lambda _: self._stop_executor())
+        return d
+
+    def _open_history(self) -> None:
+        """Load the history before any port listens: at start-up, blocking is fine."""
+        if self._history_open:
+            return
+        failures: list[Failure] = []
+        self.history.open(executor=immediate_executor).addErrback(failures.append)
+        if failures:
+            raise StartupError(
+                f"cannot open the history database {self.config.database!r}: "
+                f"{failures[0].getErrorMessage()}"
+            )
+        self._history_open = True
+
+    def _run_history(self, f: Any) -> Deferred[Any]:
+        assert self._executor is not None, "the history is used before the service started"
+        return self._executor(f)
+
+    def _stop_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.stop()
 
 
 class StartupError(Exception):

@@ -10,9 +10,11 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from chatservice.config import BUNDLED_STATIC, LOG_LEVELS, Config
+from chatservice.policy import parse_origin_pattern
 from chatservice.service import ChatService, StartupError
 
 DEFAULT_PORT = "8080"
+_DEFAULTS = Config()
 
 
 def endpoint_description(value: str) -> str:
@@ -60,13 +62,76 @@ def log_level(value: str) -> str:
     return level
 
 
+def number(option: str, value: str, kind: type[int] | type[float] = int, minimum: float = 1) -> Any:
+    """Convert a numeric option, with a message naming the option.
+
+    Raises:
+        usage.UsageError: Not a number of that kind, or below `minimum`.
+    """
+    try:
+        result = kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise usage.UsageError(f"--{option} {value!r}: must be {what}") from None
+    if result < minimum:
+        raise usage.UsageError(f"--{option} {value!r}: must be at least {minimum:g}")
+    return result
+
+
+def database_path(value: str) -> str:
+    """Check a ``--database`` value: ``:memory:`` or a file in an existing directory.
+
+    Raises:
+        usage.UsageError: Its directory does not exist.
+    """
+    if value == ":memory:":
+        return value
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise usage.UsageError(f"--database {value!r}: is a directory")
+    if not path.parent.is_dir():
+        raise usage.UsageError(
+            f"--database {value!r}: directory {str(path.parent)!r} does not exist"
+        )
+    return str(path)
+
+
+def origin_pattern(value: str) -> str:
+    """Check an ``--allowed-origin`` pattern.
+
+    Raises:
+        usage.UsageError: It is malformed.
+    """
+    try:
+        parse_origin_pattern(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--allowed-origin {value!r}: {e}") from None
+    return value.strip()
+
+
+#: Numeric options: name, Config field, type, minimum, help.
+_NUMBERS: list[tuple[str, str, type[int] | type[float], float, str]] = [
+    ("history", "history", int, 0, "Messages kept per room (SQLite)."),
+    ("max-message-size", "chat_max_message_size", int, 1,
+     "Largest /chat frame or message in bytes, after decompression; larger: close 1009."),
+    ("max-text-length", "max_text_length", int, 1, "Longest chat text, in characters."),
+    ("rate", "rate", float, 0.001, "Frames per second a chat connection may send, sustained."),
+    ("burst", "burst", int, 1, "Frames a chat connection may send at once."),
+    ("max-connections", "max_connections", int, 1, "Open WebSocket connections, in all."),
+    ("max-connections-per-address", "max_connections_per_address", int, 1,
+     "Open WebSocket connections per client address."),
+    ("max-send-buffer", "max_send_buffer", int, 1,
+     "Bytes waiting to be sent to a chat client before it is closed as a slow consumer."),
+]  # fmt: skip
+
+
 class Options(usage.Options):
     """Options of ``twistd chatservice``."""
 
     synopsis = "[options]"
     longdesc = (
         "A WebSocket echo and chat service. Serves the web client at /, "
-        "a WebSocket echo at /echo, on every --port."
+        "a WebSocket echo at /echo and a multi-room chat at /chat, on every --port."
     )
 
     optParameters: list[list[Any]] = [
@@ -82,11 +147,23 @@ class Options(usage.Options):
             "info",
             f"Lowest level logged: {', '.join(LOG_LEVELS)}. 'debug' logs message contents.",
         ],
-    ]
+        [
+            "database",
+            None,
+            _DEFAULTS.database,
+            "SQLite file holding the chat history; ':memory:' keeps nothing.",
+        ],
+        ["motd", None, "", "Message of the day, sent to every chat client on connect."],
+    ] + [[name, None, str(getattr(_DEFAULTS, field)), help] for name, field, _, _, help in _NUMBERS]
 
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
+        self["allowed-origin"] = []
+
+    def opt_allowed_origin(self, value: str) -> None:
+        """A browser origin allowed on /chat besides the server's own (repeatable): https://chat.example.com, https://*.example.com (subdomains), http://localhost:* (any port), or * (any)."""  # noqa: E501
+        self["allowed-origin"].append(origin_pattern(value))
 
     def opt_port(self, value: str) -> None:
         """Where to listen: a port number or a Twisted endpoint string (tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem, systemd:domain=INET:index=0, unix:/run/chat.sock). Repeatable; every port serves the same site. [default: 8080]"""  # noqa: E501
@@ -107,10 +184,18 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         ports = self["port"] or [endpoint_description(DEFAULT_PORT)]
         static = existing_directory(self["static"]) if self["static"] else BUNDLED_STATIC
+        numbers = {
+            field: number(name, self[name], kind, minimum)
+            for name, field, kind, minimum, _ in _NUMBERS
+        }
         self.config = Config(
             ports=tuple(ports),
             static_dir=static,
             log_level=log_level(self["log-level"]),
+            allowed_origins=tuple(self["allowed-origin"]),
+            database=database_path(self["database"]),
+            motd=self["motd"],
+            **numbers,
         )
 
 

@@ -16,7 +16,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from chatservice.config import Config
-from chatservice.protocol import echo_factory
+from chatservice.hub import Hub
+from chatservice.policy import ConnectionLimits
+from chatservice.protocol import ChatFactory, echo_factory
 
 _NOT_FOUND = notFound()
 
@@ -114,15 +116,18 @@ def _protocol_of(transport: Any) -> Any:
     return transport.protocol
 
 
-def make_site(config: Config, reactor: Any = None) -> Site:
+def make_site(config: Config, hub: Hub, reactor: Any = None) -> Site:
     """Build the site every port serves.
 
     Args:
         config: The service's settings.
+        hub: The chat's rooms and connections.
         reactor: What HTTP timeouts are scheduled on (the global reactor if None).
     """
+    limits = ConnectionLimits(config.max_connections, config.max_connections_per_address)
     root = StaticFiles(config.static_dir)
-    root.putChild(b"echo", WebSocketEndpoint(echo_factory(config), "/echo"))
+    root.putChild(b"echo", WebSocketEndpoint(echo_factory(config, limits), "/echo"))
+    root.putChild(b"chat", WebSocketEndpoint(ChatFactory(config, hub, limits), "/chat"))
     # Autobahn's open handshake timeout only starts once twisted.web has read
     # the request headers; until then the HTTP idle timeout is what stops a
     # client that connects and sends nothing (or a header line now and then).

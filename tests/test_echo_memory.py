@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from memory import RawClient, connect_protocol, upgrade_request, websocket_client
+from memory import (
+    RawClient,
+    connect_protocol,
+    make_test_site,
+    upgrade_request,
+    websocket_client,
+)
 from twisted.internet.task import Clock
 from twisted.web.server import Site
 
 from chatservice.config import Config
-from chatservice.web import make_site
 
 LIMIT = 1024
 
 
 @pytest.fixture
 def site(clock: Clock) -> Site:
-    return make_site(Config(echo_max_message_size=LIMIT), reactor=clock)
+    return make_test_site(Config(echo_max_message_size=LIMIT), clock)
 
 
 def test_plain_text_is_selected_and_text_echoes_as_text(site: Site, clock: Clock) -> None:

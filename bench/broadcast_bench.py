@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+"""Broadcast benchmark: chatservice's ``/chat`` rooms against a minimal Autobahn broadcast.
+
+Throughput: 1000 subscribers and 16 senders join one room over the JSON
+dialect; each sender sends a chat message, waits until it comes back to
+itself, and sends the next (at most 8 a second each, under chatservice's rate
+limit), and every member counts the messages it receives and their latency
+from send to receive.  After a warmup it measures: deliveries per second (to
+all members), room messages per second, p50/p99 latency.  The load generator
+is Node.js with ``ws`` (bench/broadcast_loadgen.mjs), faster than the server,
+so the server is the bottleneck; both CPU shares are reported to show it.
+The same load runs against `reference_broadcast.py` (Autobahn, JSON and a
+prepared frame sent to every member, nothing else) in the same run, and the
+result is chatservice's throughput as a ratio of the reference's: features must
+not cost broadcast throughput (target: ratio >= 1.0).
+
+Memory: 10,000 idle connections joined to rooms of 100 members each, to each
+server in turn; the server's resident memory before connecting and once all
+have joined and things have settled gives KiB per connection (target for
+chatservice: at most 10 KiB).
+
+chatservice allows 100 connections per client address, so the load generator
+spreads its connections over source addresses 127.0.X.Y, 90 on each.  The
+open-files limit is raised to the hard limit for the servers and the load
+generator.  With two or more CPUs and ``taskset``, the server runs on CPU 0 and
+the load generator on CPU 1.  Throughput rounds alternate reference,
+chatservice; the best run of each counts.  One JSON document goes to stdout,
+progress to stderr.
+
+    .venv/bin/python bench/broadcast_bench.py [--duration 10] [--warmup 3]
+        [--subscribers 1000] [--senders 16] [--sender-rate 8] [--rounds 2]
+        [--memory-connections 10000] [--phase all|throughput|memory]
+        [--only ours|reference]
+
+Exit status 0 whether or not the targets are met (a benchmark is never pass or
+fail); 1 if the benchmark could not run, or ran but the load generator saw
+errors (chat-errors, dropped connections, messages missing), so its numbers
+do not count; 130 when interrupted.  Every process it starts is stopped before
+it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    BENCH_DIR,
+    BenchError,
+    Pinning,
+    ServerCpuWindow,
+    choose_pinning,
+    ensure_loadgen,
+    environment,
+    interrupt,
+    notes_on,
+    ratio_of,
+    run_loadgen,
+    running_server,
+    twistd,
+)
+
+LOADGEN = BENCH_DIR / "broadcast_loadgen.mjs"
+REFERENCE = BENCH_DIR / "reference_broadcast.py"
+
+#: chatservice's deliveries per second must be at least this fraction of the reference's.
+TARGET = 1.0
+#: chatservice's memory per idle joined connection must be at most this, in KiB.
+TARGET_KIB = 10.0
+#: Members per room in the memory phase.
+MEMORY_ROOM_SIZE = 100
+#: Connections per source address: under chatservice's 100 per client address.
+PER_ADDRESS = 90
+#: Seconds the server is left alone before each memory sample.
+MEMORY_SETTLE = 3.0
+#: Line broadcast_loadgen.mjs writes on stderr once all its members have joined.
+JOINED = "loadgen: joined"
+#: Senders close to this fraction of their rate cap may be what limits throughput.
+SENDERS_CAPPED = 0.9
+#: Open files a process needs beyond one per connection.
+SPARE_FILES = 100
+#: Beyond warmup + duration: connecting and joining (120 s in
+#: broadcast_loadgen.mjs), draining (5 s), slack.
+LOADGEN_SLACK = 160.0
+
+#: Server names as given to --only, and as keys of the output.
+SERVERS = {"reference": "reference", "ours": "chatservice"}
+PHASES = ("all", "throughput", "memory")
+
+
+@dataclass(frozen=True)
+class Params:
+    """What one benchmark run does, from the command line."""
+
+    duration: float
+    warmup: float
+    subscribers: int
+    senders: int
+    sender_rate: float
+    rounds: int
+    memory_connections: int
+    phase: str
+    only: str | None
+
+    @property
+    def throughput(self) -> bool:
+        """Whether the throughput phase runs."""
+        return self.phase in ("all", "throughput")
+
+    @property
+    def memory(self) -> bool:
+        """Whether the memory phase runs."""
+        return self.phase in ("all", "memory")
+
+
+def log(message: str) -> None:
+    """A progress line on stderr."""
+    print(f"broadcast_bench: {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> Params:
+    """The command line, checked."""
+    parser = argparse.ArgumentParser(
+        description="Broadcast benchmark: chatservice /chat against a minimal Autobahn broadcast.",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per run (default: 10)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        help="seconds of load before measuring, not counted (default: 3)",
+    )
+    parser.add_argument(
+        "--subscribers",
+        type=int,
+        default=1000,
+        help="members of the room that only receive (default: 1000)",
+    )
+    parser.add_argument(
+        "--senders",
+        type=int,
+        default=16,
+        help="members of the room that also send, each in a closed loop (default: 16)",
+    )
+    parser.add_argument(
+        "--sender-rate",
+        type=float,
+        default=8.0,
+        help="most messages per second each sender sends; chatservice allows 10 (default: 8)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="throughput runs of each server, alternating; the best counts (default: 2)",
+    )
+    parser.add_argument(
+        "--memory-connections",
+        type=int,
+        default=10_000,
+        help="idle joined connections in the memory phase (default: 10000)",
+    )
+    parser.add_argument(
+        "--phase", choices=PHASES, default="all", help="what to measure (default: all)"
+    )
+    parser.add_argument("--only", choices=sorted(SERVERS), help="run only this server (no ratio)")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.warmup < 0 or args.sender_rate <= 0:
+        parser.error("--duration and --sender-rate must be > 0 and --warmup >= 0")
+    if args.subscribers < 0:
+        parser.error("--subscribers must be >= 0")
+    if args.senders < 1 or args.rounds < 1 or args.memory_connections < 1:
+        parser.error("--senders, --rounds and --memory-connections must be >= 1")
+    return Params(
+        duration=args.duration,
+        warmup=args.warmup,
+        subscribers=args.subscribers,
+        senders=args.senders,
+        sender_rate=args.sender_rate,
+        rounds=args.rounds,
+        memory_connections=args.memory_connections,
+        phase=args.phase,
+        only=args.only,
+    )
+
+
+def raise_open_files_limit(needed: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; children inherit it.
+
+    Returns:
+        The new soft limit.
+
+    Raises:
+        BenchError: The hard limit is below `needed`.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = int(Path("/proc/sys/fs/nr_open").read_text())
+    if hard < needed:
+        raise BenchError(
+            f"the open-files hard limit is {hard}, {needed} are needed: raise it "
+            "(ulimit -Hn, limits.conf) or pass a smaller --memory-connections"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def server_command(name: str) -> list[str]:
+    """The command that starts server `name` on a free loopback port."""
+    if name == "chatservice":
+        # Default options (log level info, limits) but a fresh in-memory
+        # database, so every run starts with empty rooms.
+        return [
+            str(twistd()),
+            "-n",
+            "--pidfile=",
+            "chatservice",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--database",
+            ":memory:",
+        ]
+    return [sys.executable, str(REFERENCE)]
+
+
+def loadgen_command(node: str, port: int, pinning: Pinning, *options: str) -> list[str]:
+    """The load generator's command line against the server on `port`."""
+    url = f"ws://127.0.0.1:{port}/chat"
+    return [
+        *pinning.loadgen,
+        node,
+        str(LOADGEN),
+        f"--url={url}",
+        f"--per-address={PER_ADDRESS}",
+        *options,
+    ]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process `pid`, in KiB (VmRSS in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS in /proc/{pid}/status")
+
+
+def measure_throughput(name: str, node: str, params: Params, pinning: Pinning) -> dict[str, Any]:
+    """One throughput run: start server `name`, load it, stop it.
+
+    Returns:
+        The load generator's result plus ``server_cpu_share`` and
+        ``deliveries_per_server_cpu_s``.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix=f"broadcast-bench-{name}-") as tmp,
+        running_server(name, server_command(name), pinning, Path(tmp)) as (pid, port),
+    ):
+        command = loadgen_command(
+            node,
+            port,
+            pinning,
+            "--mode=throughput",
+            f"--subscribers={params.subscribers}",
+            f"--senders={params.senders}",
+            f"--rate={params.sender_rate}",
+            f"--warmup={params.warmup}",
+            f"--duration={params.duration}",
+        )
+        window = ServerCpuWindow(pid)
+        result = run_loadgen(command, params.warmup + params.duration + LOADGEN_SLACK, window)
+    if window.share is None:
+        raise BenchError("the load generator never announced its measured window")
+    result["loadgen_cpu_share"] = result.pop("cpu_share")
+    result["server_cpu_share"] = window.share
+    # Throughput per second of server CPU: what another busy process on the
+    # server's CPU does not change (it only takes time away from the server).
+    result["deliveries_per_server_cpu_s"] = (
+        round(result["deliveries_per_s"] / window.share, 1) if window.share else None
+    )
+    return result
+
+
+class MemorySampler:
+    """A `LineWatcher` for the memory phase: samples the server once all have joined.
+
+    On the JOINED line it waits MEMORY_SETTLE seconds, reads the server's
+    resident memory and closes the load generator's stdin, which releases
+    the connections.
+
+    Attributes:
+        rss_kib: The server's resident memory then, in KiB; None until sampled.
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        self._pid = server_pid
+        self.rss_kib: int | None = None
+
+    def __call__(self, line: str, process: subprocess.Popen[str]) -> bool:
+        if line != JOINED:
+            return False
+        time.sleep(MEMORY_SETTLE)
+        self.rss_kib = rss_kib(self._pid)
+        assert process.stdin is not None
+        process.stdin.close()
+        return True
+
+
+def measure_memory(name: str, node: str, params: Params, pinning: Pinning) -> dict[str, Any]:
+    """The memory phase for server `name`: RSS before and with idle joined connections.
+
+    Returns:
+        The load generator's result plus ``rss_before_kib``, ``rss_after_kib``
+        and ``kib_per_conn``.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix=f"broadcast-bench-{name}-") as tmp,
+        running_server(name, server_command(name), pinning, Path(tmp)) as (pid, port),
+    ):
+        time.sleep(MEMORY_SETTLE)
+        before = rss_kib(pid)
+        command = loadgen_command(
+            node,
+            port,
+            pinning,
+            "--mode=memory",
+            f"--connections={params.memory_connections}",
+            f"--room-size={MEMORY_ROOM_SIZE}",
+        )
+        sampler = MemorySampler(pid)
+        result = run_loadgen(command, MEMORY_SETTLE + LOADGEN_SLACK, sampler)
+    if sampler.rss_kib is None:
+        raise BenchError("the load generator never announced that all had joined")
+    return {
+        **result,
+        "rss_before_kib": before,
+        "rss_after_kib": sampler.rss_kib,
+        "kib_per_conn": round((sampler.rss_kib - before) / result["connections"], 2),
+    }
+
+
+def throughput_notes(name: str, result: dict[str, Any], params: Params) -> list[str]:
+    """Warnings about a throughput result: the general ones, and senders at their cap."""
+    notes = notes_on(name, result)
+    cap = params.senders * params.sender_rate
+    if result["room_messages_per_s"] >= SENDERS_CAPPED * cap:
+        notes.append(
+            f"{name}: {result['room_messages_per_s']} room messages/s is close to the senders' "
+            f"cap of {cap:g}/s: the senders may have limited the throughput (use more --senders)"
+        )
+    return notes
+
+
+def run(params: Params) -> tuple[dict[str, Any], bool]:
+    """The whole benchmark.
+
+    Returns:
+        The output document, and whether every run was free of errors.
+    """
+    node = ensure_loadgen(log)
+    pinning = choose_pinning()
+    members = params.subscribers + params.senders
+    open_files = raise_open_files_limit(
+        max(members, params.memory_connections if params.memory else 0) + SPARE_FILES
+    )
+    names = [SERVERS[params.only]] if params.only else ["reference", "chatservice"]
+    document: dict[str, Any] = {
+        "bench": "broadcast",
+        "params": {
+            "duration_s": params.duration,
+            "warmup_s": params.warmup,
+            "subscribers": params.subscribers,
+            "senders": params.senders,
+            "members": members,
+            "sender_rate_per_s": params.sender_rate,
+            "rounds": params.rounds,
+            "memory_connections": params.memory_connections,
+            "memory_room_size": MEMORY_ROOM_SIZE,
+            "connections_per_address": PER_ADDRESS,
+            "open_files_limit": open_files,
+            "phase": params.phase,
+            "pinning": pinning.description,
+            "versions": environment(node),
+        },
+    }
+    notes: list[str] = []
+    results: list[dict[str, Any]] = []
+
+    if params.throughput:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for round_number in range(1, params.rounds + 1):
+            for name in names:
+                log(
+                    f"round {round_number}/{params.rounds}: {name}, {members} members "
+                    f"({params.warmup:g} s warmup + {params.duration:g} s)"
+                )
+                result = measure_throughput(name, node, params, pinning)
+                log(
+                    f"  {result['deliveries_per_s']:.0f} deliveries/s "
+                    f"({result['room_messages_per_s']:.1f} room messages/s), "
+                    f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+                    f"errors {result['errors']}, CPU server {result['server_cpu_share']} "
+                    f"loadgen {result['loadgen_cpu_share']}"
+                )
+                runs[name].append(result)
+                results.append(result)
+        for name in names:
+            best = max(runs[name], key=lambda r: r["deliveries_per_s"])
+            document[name] = {
+                **best,
+                "runs_deliveries_per_s": [r["deliveries_per_s"] for r in runs[name]],
+            }
+            notes += throughput_notes(name, best, params)
+        if len(names) == 2:
+            ratio = ratio_of(document, "deliveries_per_s")
+            document.update(
+                ratio=ratio,
+                target=TARGET,
+                meets_target=ratio is not None and ratio >= TARGET,
+                ratio_per_server_cpu=ratio_of(document, "deliveries_per_server_cpu_s"),
+            )
+
+    if params.memory:
+        memory: dict[str, Any] = {"connections": params.memory_connections}
+        for name in names:
+            log(f"memory: {name}, {params.memory_connections} idle joined connections")
+            result = measure_memory(name, node, params, pinning)
+            log(
+                f"  {result['kib_per_conn']} KiB per connection "
+                f"({result['rss_before_kib']} -> {result['rss_after_kib']} KiB), "
+                f"errors {result['errors']}"
+            )
+            if result["errors"]:
+                notes.append(f"{name} memory: the load generator saw {result['errors']} errors")
+            memory[name] = result
+            memory[f"{name}_kib_per_conn"] = result["kib_per_conn"]
+            results.append(result)
+        memory["target_kib"] = TARGET_KIB
+        if "chatservice" in names:
+            memory["meets_target"] = memory["chatservice_kib_per_conn"] <= TARGET_KIB
+        document["memory"] = memory
+
+    document["notes"] = notes
+    return document, all(r["errors"] == 0 for r in results)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its JSON document; the exit status."""
+    params = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        document, clean = run(params)
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    print(json.dumps(document, indent=2))
+    if not clean:
+        log("error: the load generator saw errors; these numbers do not count")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

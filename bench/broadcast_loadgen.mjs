@@ -1,0 +1,371 @@
+// Load generator for the broadcast benchmark (bench/broadcast_bench.py runs it).
+//
+// Speaks the JSON dialect of /chat (subprotocol chat.v1.json, docs/protocol.md).
+// Connections are spread over source addresses 127.0.X.Y, at most --per-address
+// on each (chatservice limits connections per client address), and opened a
+// few at a time (the server's listen backlog is small).  A member counts as
+// joined when the server's chat-join event for its own name comes back to it.
+//
+// --mode throughput: --subscribers members plus --senders members join the room
+// "bench".  Each sender runs a closed loop: it sends a chat-message whose text
+// starts with its send time (performance.now(), in ms), waits until that
+// message comes back to itself, and sends the next, never faster than --rate
+// messages per second (so chatservice's rate limit is never hit).  Every
+// member, senders included, counts the chat-messages it receives and their
+// latency from send to receive.  After --warmup seconds it measures for
+// --duration seconds, then stops sending, waits until every member has
+// received every message sent (or DRAIN_TIMEOUT_MS passes; what is missing
+// then counts as errors) and prints one JSON object on stdout:
+//
+//   {"members", "senders", "join_s", "deliveries", "deliveries_per_s",
+//    "room_messages", "room_messages_per_s", "p50_ms", "p99_ms",
+//    "errors", "error_kinds", "cpu_share"}
+//
+// deliveries are chat-messages received by any member inside the window;
+// room_messages are senders' messages back at their sender inside the window;
+// cpu_share is this process's user + system CPU time over the window's wall
+// time, as a fraction of one core.  The window's start and end are announced
+// on stderr (MEASURING, MEASURED) so that the driver can sample the server's
+// CPU time over the same window.  If stdin closes before the end (the driver
+// went away), it exits with status 3.
+//
+// --mode memory: --connections members join rooms of --room-size members each
+// ("idle-0", "idle-1", ...) and stay idle.  Once all have joined it writes
+// JOINED on stderr and holds them open until its stdin closes (the driver has
+// sampled the server's memory by then); then it prints
+//
+//   {"connections", "join_s", "errors", "error_kinds"}
+//
+// Exit status: 0 when the run completed (errors are reported, not fatal),
+// 2 for bad arguments or when the members could not all connect and join,
+// 3 when stdin closed before the end of a throughput run.
+
+import { performance } from "node:perf_hooks";
+import { parseArgs } from "node:util";
+import WebSocket from "ws";
+import { MEASURED, MEASURING, cpuSeconds, quantile, round3, sleep } from "./_common.mjs";
+
+const JOINED = "loadgen: joined";
+const SUBPROTOCOL = "chat.v1.json";
+const ROOM = "bench";
+/** Connections being opened and joined at once. */
+const CONCURRENCY = 32;
+/** For all members to connect and join. */
+const JOIN_TIMEOUT_MS = 120_000;
+/** For every message sent to reach every member once sending has stopped. */
+const DRAIN_TIMEOUT_MS = 5_000;
+
+/** Parse and check the command line; exits with status 2 on a bad one. */
+function options() {
+  const { values } = parseArgs({
+    options: {
+      url: { type: "string" },
+      mode: { type: "string", default: "throughput" },
+      subscribers: { type: "string", default: "1000" },
+      senders: { type: "string", default: "16" },
+      rate: { type: "string", default: "8" },
+      warmup: { type: "string", default: "3" },
+      duration: { type: "string", default: "10" },
+      connections: { type: "string", default: "10000" },
+      "room-size": { type: "string", default: "100" },
+      "per-address": { type: "string", default: "90" },
+    },
+  });
+  const opts = {
+    url: values.url,
+    mode: values.mode,
+    subscribers: Number(values.subscribers),
+    senders: Number(values.senders),
+    rate: Number(values.rate),
+    warmup: Number(values.warmup),
+    duration: Number(values.duration),
+    connections: Number(values.connections),
+    roomSize: Number(values["room-size"]),
+    perAddress: Number(values["per-address"]),
+  };
+  const bad = [];
+  const isCount = (x, min) => Number.isInteger(x) && x >= min;
+  if (!opts.url) bad.push("--url is required");
+  if (!["throughput", "memory"].includes(opts.mode)) bad.push("--mode must be throughput or memory");
+  if (!isCount(opts.subscribers, 0)) bad.push("--subscribers must be an integer >= 0");
+  for (const name of ["senders", "connections", "room-size", "per-address"]) {
+    const key = name.replace(/-(.)/, (_, c) => c.toUpperCase());
+    if (!isCount(opts[key], 1)) bad.push(`--${name} must be a positive integer`);
+  }
+  if (!(opts.rate > 0)) bad.push("--rate must be > 0");
+  if (!(opts.warmup >= 0)) bad.push("--warmup must be >= 0");
+  if (!(opts.duration > 0)) bad.push("--duration must be > 0");
+  if (bad.length) {
+    process.stderr.write(`loadgen: ${bad.join("; ")}\n`);
+    process.exit(2);
+  }
+  return opts;
+}
+
+const opts = options();
+
+// Shared state of the run.
+const state = {
+  measuring: false, // inside the measured window
+  stopping: false, // window over: send nothing more
+  sent: 0, // chat-messages sent by all senders, the whole run
+  deliveries: 0, // chat-messages received by any member inside the window
+  roomMessages: 0, // senders' own messages back at their sender inside the window
+  latenciesMs: [], // send to receive, of every delivery inside the window
+  errors: 0,
+  errorKinds: {}, // errors by kind: "chat-error rate-limited", "close 1008", ...
+};
+
+/** Count `count` errors of `kind`. */
+function error(kind, count = 1) {
+  state.errors += count;
+  state.errorKinds[kind] = (state.errorKinds[kind] ?? 0) + count;
+}
+
+/** The source address of the `index`th connection: 127.0.1.1, 127.0.1.2, ... */
+function sourceAddress(index) {
+  const n = Math.floor(index / opts.perAddress);
+  return `127.0.${1 + Math.floor(n / 254)}.${1 + (n % 254)}`;
+}
+
+/** One connection, joined to one room under its own name. */
+class Member {
+  constructor(index, username, room) {
+    this.username = username;
+    this.room = room;
+    this.sender = null; // a Sender if this member sends
+    this.received = 0; // chat-messages received, the whole run
+    this.lastId = 0; // id of the last chat-message received
+    this.closing = false; // a close from here on is expected
+    this.onJoined = null; // while joining: resolves join()
+    this.onJoinRefused = null; // while joining: rejects join()
+    this.ws = new WebSocket(opts.url, SUBPROTOCOL, {
+      perMessageDeflate: false,
+      localAddress: sourceAddress(index),
+    });
+    this.ws.on("message", (data) => this.onMessage(data));
+  }
+
+  /** Resolves once joined; rejects if the connection fails or the join is refused first. */
+  join() {
+    return new Promise((resolve, reject) => {
+      const fail = (why) => {
+        this.onJoined = this.onJoinRefused = null;
+        this.closing = true;
+        this.ws.terminate();
+        reject(new Error(`${this.username}: ${why}`));
+      };
+      this.onJoined = resolve;
+      this.onJoinRefused = (code) => fail(`join refused: chat-error ${code}`);
+      this.ws.once("open", () => {
+        if (this.ws.protocol !== SUBPROTOCOL) {
+          fail(`the server chose subprotocol ${JSON.stringify(this.ws.protocol)}`);
+          return;
+        }
+        this.send("chat-join", { username: this.username, room: this.room });
+      });
+      // After joining, the close that follows an error counts it.
+      this.ws.on("error", (err) => {
+        if (this.onJoined) fail(err.message);
+      });
+      this.ws.on("close", (code) => {
+        if (this.onJoined) fail(`closed with ${code} before joining`);
+        else if (!this.closing) error(`close ${code}`);
+      });
+    });
+  }
+
+  send(type, payload) {
+    this.ws.send(JSON.stringify({ type, payload }));
+  }
+
+  onMessage(data) {
+    const now = performance.now();
+    let frame;
+    try {
+      frame = JSON.parse(data.toString());
+    } catch {
+      error("bad json");
+      return;
+    }
+    const payload = frame.payload;
+    switch (frame.type) {
+      case "chat-message":
+        this.onChatMessage(payload, now);
+        break;
+      case "chat-join":
+        if (this.onJoined && payload.username === this.username && payload.room === this.room) {
+          const joined = this.onJoined;
+          this.onJoined = this.onJoinRefused = null;
+          joined();
+        }
+        break;
+      case "chat-error":
+        if (this.onJoinRefused) this.onJoinRefused(payload.code);
+        else error(`chat-error ${payload.code}`);
+        break;
+      default: // welcome, history, users, others joining or leaving
+    }
+  }
+
+  onChatMessage(payload, now) {
+    this.received += 1;
+    if (payload.id <= this.lastId) error("chat-message out of order");
+    this.lastId = payload.id;
+    if (state.measuring) {
+      state.deliveries += 1;
+      // The text starts with the send time: "<ms> <sender> <seq>".
+      state.latenciesMs.push(now - Number.parseFloat(payload.message));
+    }
+    if (this.sender && payload.username === this.username) this.sender.onOwnMessage(payload.message);
+  }
+}
+
+/** A member's closed send loop, at most opts.rate messages per second. */
+class Sender {
+  constructor(member) {
+    this.member = member;
+    this.seq = 0;
+    this.sentAt = 0;
+    member.sender = this;
+  }
+
+  send() {
+    if (state.stopping) return;
+    this.seq += 1;
+    this.sentAt = performance.now();
+    this.member.send("chat-message", {
+      room: ROOM,
+      message: `${this.sentAt.toFixed(3)} ${this.member.username} ${this.seq}`,
+    });
+    state.sent += 1;
+  }
+
+  /** Its own message came back: count it and send the next one, in time. */
+  onOwnMessage(text) {
+    if (!text.endsWith(` ${this.seq}`)) {
+      error("sender got back another message than it sent last");
+      return;
+    }
+    if (state.measuring) state.roomMessages += 1;
+    const wait = this.sentAt + 1000 / opts.rate - performance.now();
+    if (wait > 0) setTimeout(() => this.send(), wait);
+    else this.send();
+  }
+}
+
+/**
+ * Connect and join every member of `specs` ([username, room] pairs),
+ * CONCURRENCY at a time.  Exits with status 2 if one fails or it takes longer
+ * than JOIN_TIMEOUT_MS.  Resolves with the members and the seconds it took.
+ */
+async function joinAll(specs) {
+  const start = performance.now();
+  const members = new Array(specs.length);
+  let next = 0;
+  let joined = 0;
+  const worker = async () => {
+    while (next < specs.length) {
+      const index = next++;
+      members[index] = new Member(index, ...specs[index]);
+      await members[index].join();
+      joined += 1;
+    }
+  };
+  const timeout = sleep(JOIN_TIMEOUT_MS).then(() => {
+    throw new Error(`only ${joined} of ${specs.length} members joined within ${JOIN_TIMEOUT_MS} ms`);
+  });
+  try {
+    await Promise.race([Promise.all(Array.from({ length: CONCURRENCY }, worker)), timeout]);
+  } catch (err) {
+    process.stderr.write(`loadgen: ${opts.url}: ${err.message}\n`);
+    process.exit(2);
+  }
+  return { members, joinSeconds: (performance.now() - start) / 1000 };
+}
+
+/** Resolves when stdin closes. */
+function stdinClosed() {
+  return new Promise((resolve) => {
+    process.stdin.on("end", resolve);
+    process.stdin.resume();
+  });
+}
+
+/** Print the result and exit: the kernel closes every connection. */
+function finish(result) {
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  process.exit(0);
+}
+
+async function throughput() {
+  stdinClosed().then(() => {
+    process.stderr.write("loadgen: stdin closed before the end: aborting\n");
+    process.exit(3);
+  });
+  const specs = [
+    ...Array.from({ length: opts.subscribers }, (_, i) => [`sub-${i}`, ROOM]),
+    ...Array.from({ length: opts.senders }, (_, i) => [`send-${i}`, ROOM]),
+  ];
+  const { members, joinSeconds } = await joinAll(specs);
+  const senders = members.slice(opts.subscribers).map((member) => new Sender(member));
+  for (const sender of senders) sender.send();
+
+  await sleep(opts.warmup * 1000);
+  process.stderr.write(`${MEASURING}\n`);
+  const start = performance.now();
+  const cpuStart = cpuSeconds();
+  state.measuring = true;
+
+  await sleep(opts.duration * 1000);
+  state.measuring = false;
+  state.stopping = true;
+  const wall = (performance.now() - start) / 1000;
+  const cpu = cpuSeconds() - cpuStart;
+  process.stderr.write(`${MEASURED}\n`);
+
+  const drained = () => members.every((member) => member.received >= state.sent);
+  const deadline = performance.now() + DRAIN_TIMEOUT_MS;
+  while (!drained() && performance.now() < deadline) await sleep(50);
+  for (const member of members) {
+    member.closing = true;
+    if (member.received < state.sent) error("chat-message missing", state.sent - member.received);
+  }
+
+  const sorted = Float64Array.from(state.latenciesMs).sort();
+  finish({
+    members: members.length,
+    senders: senders.length,
+    join_s: round3(joinSeconds),
+    deliveries: state.deliveries,
+    deliveries_per_s: Math.round((state.deliveries / wall) * 10) / 10,
+    room_messages: state.roomMessages,
+    room_messages_per_s: Math.round((state.roomMessages / wall) * 10) / 10,
+    p50_ms: round3(quantile(sorted, 0.5)),
+    p99_ms: round3(quantile(sorted, 0.99)),
+    errors: state.errors,
+    error_kinds: state.errorKinds,
+    cpu_share: Math.round((cpu / wall) * 1000) / 1000,
+  });
+}
+
+async function memory() {
+  const released = stdinClosed();
+  const specs = Array.from({ length: opts.connections }, (_, i) => [
+    `idle-${i}`,
+    `idle-${Math.floor(i / opts.roomSize)}`,
+  ]);
+  const { members, joinSeconds } = await joinAll(specs);
+  process.stderr.write(`${JOINED}\n`);
+  await released;
+  for (const member of members) member.closing = true;
+  finish({
+    connections: members.length,
+    join_s: round3(joinSeconds),
+    errors: state.errors,
+    error_kinds: state.errorKinds,
+  });
+}
+
+if (opts.mode === "throughput") throughput();
+else memory();

@@ -1,0 +1,452 @@
+"""The persistent chat history: the last messages of every room, in SQLite.
+
+What a client sees of it (``chat-history``, message ids, ``since``) is
+specified in docs/protocol.md, section ``/chat``.
+
+The store has two halves:
+
+- SQLite, touched only through an injected `Executor`.  In production that is
+  a `ThreadExecutor`: one dedicated thread, so the reactor never waits on the
+  disk, and calls run one at a time in the order they were made, their
+  Deferreds firing in that order too.  Tests and tools use
+  `immediate_executor`, which runs the work at once in the calling thread.
+- An in-memory cache of what the database keeps (the last ``keep`` messages of
+  every room), loaded by `History.open` and updated as appends complete, in
+  the thread the Deferreds fire in (the reactor's).  Joins read it
+  synchronously and never wait on the disk.
+
+Message ids come from one global ``AUTOINCREMENT`` sequence: SQLite records
+the highest id ever handed out in ``sqlite_sequence``, which survives deleting
+rows, so an id is never given twice, also across restarts, also once the
+rows are pruned or ``keep`` is 0.  Ids of one room are then strictly
+increasing because all of them are.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+_log = Logger()
+
+T = TypeVar("T")
+
+#: How many messages a join sends at most, unless it recovers from ``since``.
+JOIN_HISTORY = 50
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room TEXT NOT NULL,
+    username TEXT NOT NULL,
+    message TEXT NOT NULL,
+    time TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, id);
+-- One row per room that ever had a message.  newest_id: the last id given in
+-- the room (a `since` above it cannot be genuine).  pruned_id: the highest id
+-- dropped from the room (a `since` below it has missed messages).
+CREATE TABLE IF NOT EXISTS rooms (
+    room TEXT PRIMARY KEY,
+    newest_id INTEGER NOT NULL,
+    pruned_id INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+"""
+
+_UPSERT_ROOM = """
+INSERT INTO rooms (room, newest_id, pruned_id) VALUES (?, ?, ?)
+ON CONFLICT (room) DO UPDATE SET
+    newest_id = max(newest_id, excluded.newest_id),
+    pruned_id = max(pruned_id, excluded.pruned_id)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One chat message as kept in the history.
+
+    Attributes:
+        id: Unique over all rooms and all time; increases strictly.
+        room: The room it was said in.
+        username: Who said it.
+        message: The text.
+        time: When the server received it, ISO 8601 UTC with milliseconds
+            (``2026-11-22T04:02:02.123Z``), as given to `History.append`.
+    """
+
+    id: int
+    room: str
+    username: str
+    message: str
+    time: str
+
+    def payload(self) -> dict[str, object]:
+        """The ``chat-message`` payload of this message (docs/protocol.md)."""
+        return {
+            "id": self.id,
+            "room": self.room,
+            "username": self.username,
+            "message": self.message,
+            "time": self.time,
+        }
+
+
+class Executor(Protocol):
+    """Runs a blocking function somewhere and returns a Deferred of its result.
+
+    Functions handed to one executor must run one at a time, in the order
+    they were handed over, and their Deferreds must fire in that order.
+    """
+
+    def __call__(self, f: Callable[[], T], /) -> Deferred[T]: ...
+
+
+def immediate_executor(f: Callable[[], T]) -> Deferred[T]:
+    """Run ``f`` now, in the calling thread (for tests and tools).
+
+    Args:
+        f: The function to run.
+
+    Returns:
+        A Deferred that has already fired with ``f``'s result, or failed with
+        its exception.
+    """
+    try:
+        result = f()
+    except BaseException:
+        return defer.fail()
+    return defer.succeed(result)
+
+
+class ThreadExecutor:
+    """An `Executor` running every function in one dedicated thread.
+
+    The thread is started at once.  Call `stop` at shutdown, after the last
+    function was handed over (`History.close` is one); a reactor shutdown
+    trigger stops it too, as a safety net.
+
+    Args:
+        reactor: The reactor whose thread the Deferreds fire in (the global
+            one if None).
+        name: The thread pool's name, shown in thread listings.
+    """
+
+    def __init__(self, reactor: Any = None, name: str = "chatservice-history") -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self._reactor = reactor
+        # One thread: calls are serialized FIFO, and deferToThreadPool hands
+        # the results back to the reactor thread in the same order.
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+        self._pool.start()
+        self._trigger: Any = reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+
+    def __call__(self, f: Callable[[], T], /) -> Deferred[T]:
+        """Run ``f`` in the thread; the Deferred fires in the reactor thread.
+
+        Returns:
+            A Deferred of ``f``'s result; it fails with `RuntimeError` if the
+            executor was stopped.
+        """
+        if not self._pool.started:
+            return defer.fail(RuntimeError("the history thread is stopped"))
+        return deferToThreadPool(self._reactor, self._pool, f)
+
+    def stop(self) -> None:
+        """Finish the work handed over so far, then end the thread.
+
+        Blocks until the thread has ended; safe to call more than once.
+        """
+        if self._trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._trigger)
+            self._trigger = None
+        if self._pool.started:
+            self._pool.stop()
+
+
+@dataclass(slots=True)
+class _Room:
+    """The cache of one room: what the database keeps of it, and its marks."""
+
+    messages: deque[StoredMessage]
+    newest_id: int = 0
+    pruned_id: int = 0
+
+
+class History:
+    """The last ``keep`` messages of every room, kept in SQLite.
+
+    Call `open` and wait for it before anything else, and `close` at the end.
+    `append` writes through the executor; `recent`, `since` and `rooms`
+    answer from the cache at once.
+
+    Args:
+        path: The SQLite database file; ``:memory:`` keeps nothing across
+            restarts.
+        keep: How many messages of each room are kept (0 keeps none, but ids
+            are still never reused).
+        executor: Where the SQLite work runs; see the module docstring.
+
+    Raises:
+        ValueError: If ``keep`` is negative.
+    """
+
+    def __init__(self, path: str, keep: int, executor: Executor) -> None:
+        if keep < 0:
+            raise ValueError("the history length must not be negative")
+        self.path = path
+        self.keep = keep
+        self._execute = executor
+        # Only ever used in the executor.
+        self._db: sqlite3.Connection | None = None
+        # Only ever used in the thread the Deferreds fire in.
+        self._rooms: dict[str, _Room] = {}
+
+    # -- the cache: synchronous reads --------------------------------------
+
+    def recent(self, room: str, limit: int = JOIN_HISTORY) -> list[StoredMessage]:
+        """The last ``limit`` kept messages of ``room``, oldest first.
+
+        Args:
+            room: The room's name; an unknown room has no messages.
+            limit: How many messages at most.
+
+        Returns:
+            The messages, oldest first.
+        """
+        cached = self._rooms.get(room)
+        if cached is None or limit <= 0:
+            return []
+        messages = list(cached.messages)
+        return messages[-limit:]
+
+    def since(
+        self, room: str, since_id: int, limit: int = JOIN_HISTORY
+    ) -> tuple[list[StoredMessage], bool]:
+        """What a client that last saw ``since_id`` in ``room`` missed.
+
+        Args:
+            room: The room's name.
+            since_id: The id of the last message the client saw in the room.
+            limit: How many messages at most when the client cannot recover.
+
+        Returns:
+            ``(messages, True)`` with every kept message after ``since_id``
+            (however many) when none after it was dropped; otherwise
+            ``(recent(room, limit), False)``, also when ``since_id`` is above
+            the room's newest id or negative (it cannot be genuine).
+        """
+        cached = self._rooms.get(room)
+        newest_id = cached.newest_id if cached is not None else 0
+        pruned_id = cached.pruned_id if cached is not None else 0
+        if since_id < 0 or since_id > newest_id or since_id < pruned_id:
+            return self.recent(room, limit), False
+        if cached is None:
+            return [], True
+        return [m for m in cached.messages if m.id > since_id], True
+
+    def rooms(self) -> list[str]:
+        """The names of the rooms that have kept messages, sorted."""
+        return sorted(name for name, cached in self._rooms.items() if cached.messages)
+
+    # -- the database: through the executor --------------------------------
+
+    def open(self, executor: Executor | None = None) -> Deferred[None]:
+        """Open (or create) the database and load the cache.
+
+        A room holding more than ``keep`` messages (``keep`` was lowered since
+        the last run) is pruned to ``keep`` first.
+
+        Args:
+            executor: Where to do this one piece of work instead of the
+                history's executor; e.g. `immediate_executor` at start-up, so
+                a bad database fails the start before any port listens.
+
+        Returns:
+            A Deferred that fires once the history is ready, or fails with the
+            `sqlite3.Error` (or `OSError`) that prevented it.
+        """
+
+        def loaded(rooms: dict[str, _Room]) -> None:
+            self._rooms = rooms
+            _log.info(
+                "history open path={path} keep={keep} rooms={rooms} messages={messages}",
+                path=self.path,
+                keep=self.keep,
+                rooms=len(rooms),
+                messages=sum(len(r.messages) for r in rooms.values()),
+            )
+
+        return (executor or self._execute)(self._open_db).addCallback(loaded)
+
+    def append(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
+        """Store a message, pruning its room to the last ``keep``.
+
+        When the Deferred fires, the message is committed: it survives the
+        process being killed.  The cache is updated before any callback added
+        by the caller runs, so a join right after sees the message.
+
+        Args:
+            room: The room's name.
+            username: Who said it.
+            message: The text.
+            time: When it was received, ISO 8601 UTC with milliseconds.
+
+        Returns:
+            A Deferred firing with the stored message and its new id, or
+            failing with the `sqlite3.Error` that prevented storing it (the
+            database and the cache are then unchanged).
+        """
+
+        def stored(result: tuple[StoredMessage, int]) -> StoredMessage:
+            msg, pruned_id = result
+            cached = self._rooms.get(room)
+            if cached is None:
+                cached = self._rooms[room] = _Room(deque(maxlen=self.keep))
+            cached.messages.append(msg)
+            cached.newest_id = max(cached.newest_id, msg.id)
+            cached.pruned_id = max(cached.pruned_id, pruned_id)
+            return msg
+
+        def failed(failure: Failure) -> Failure:
+            _log.failure("history could not store a message in room={room}", failure, room=room)
+            return failure
+
+        d = self._execute(lambda: self._append_db(room, username, message, time))
+        return d.addCallbacks(stored, failed)
+
+    def close(self) -> Deferred[None]:
+        """Close the database, after everything handed over before.
+
+        Returns:
+            A Deferred that fires once the database is closed.
+        """
+        return self._execute(self._close_db)
+
+    # -- run in the executor -------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the history is not open")
+        return self._db
+
+    def _open_db(self) -> dict[str, _Room]:
+        if self._db is not None:
+            raise RuntimeError("the history is already open")
+        # Autocommit mode (isolation_level=None): transactions are explicit.
+        # check_same_thread=False: the executor decides the thread, and runs
+        # one call at a time.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            # WAL with synchronous=NORMAL: a commit has written the WAL to the
+            # operating system before it returns, so a committed message
+            # survives the process being killed (SIGKILL, crash).  It could
+            # only be lost with the operating system or the power (no fsync
+            # per commit), which this service accepts for speed.
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal" and self.path != ":memory:":
+                _log.warn(
+                    "history path={path}: journal mode {mode}, not wal",
+                    path=self.path,
+                    mode=mode,
+                )
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            loaded = self._load_and_prune(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return loaded
+
+    def _load_and_prune(self, db: sqlite3.Connection) -> dict[str, _Room]:
+        rooms: dict[str, _Room] = {}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for room, newest_id, pruned_id in db.execute(
+                "SELECT room, newest_id, pruned_id FROM rooms"
+            ):
+                rooms[room] = _Room(deque(maxlen=self.keep), newest_id, pruned_id)
+            by_room: dict[str, list[StoredMessage]] = {}
+            for row in db.execute(
+                "SELECT id, room, username, message, time FROM messages ORDER BY id"
+            ):
+                msg = StoredMessage(*row)
+                by_room.setdefault(msg.room, []).append(msg)
+            for room, messages in by_room.items():
+                cached = rooms.get(room)
+                if cached is None:
+                    cached = rooms[room] = _Room(deque(maxlen=self.keep))
+                cached.newest_id = max(cached.newest_id, messages[-1].id)
+                dropped = messages[: len(messages) - self.keep]
+                if dropped:
+                    cached.pruned_id = max(cached.pruned_id, dropped[-1].id)
+                    db.execute(
+                        "DELETE FROM messages WHERE room = ? AND id <= ?",
+                        (room, cached.pruned_id),
+                    )
+                cached.messages.extend(messages[len(dropped) :])
+                db.execute(_UPSERT_ROOM, (room, cached.newest_id, cached.pruned_id))
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        return rooms
+
+    def _append_db(
+        self, room: str, username: str, message: str, time: str
+    ) -> tuple[StoredMessage, int]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = db.execute(
+                "INSERT INTO messages (room, username, message, time) VALUES (?, ?, ?, ?)",
+                (room, username, message, time),
+            )
+            new_id = cursor.lastrowid
+            assert new_id is not None
+            # The newest id that no longer fits into the last `keep`.
+            row = db.execute(
+                "SELECT id FROM messages WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (room, self.keep),
+            ).fetchone()
+            pruned_id = 0
+            if row is not None:
+                pruned_id = row[0]
+                db.execute("DELETE FROM messages WHERE room = ? AND id <= ?", (room, pruned_id))
+            db.execute(_UPSERT_ROOM, (room, new_id, pruned_id))
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        return StoredMessage(new_id, room, username, message, time), pruned_id
+
+    def _close_db(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction (SQLite may have already).
+
+    The error that made the transaction fail is what matters; one from the
+    rollback itself is only logged.
+    """
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error:
+        _log.failure("history rollback failed")

@@ -1,0 +1,461 @@
+"""Rooms, presence and fan-out: the chat's state, without sockets or a reactor.
+
+The hub talks to each connection through the small `Member` interface, so the
+JSON and text dialects (and later a Redis bridge) are just implementations.
+A broadcast encodes and frames an event once per dialect and hands the same
+frame to every member; nothing here waits on a member.  Behaviour is specified
+in docs/protocol.md ("/chat").
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatservice.history import StoredMessage
+from chatservice.messages import (
+    MAX_ROOM_LENGTH,
+    MAX_USERNAME_LENGTH,
+    TEXT_HELP,
+    Command,
+    Dialect,
+    Event,
+    Help,
+    Join,
+    Leave,
+    Nick,
+    ProtocolError,
+    Say,
+    Typing,
+    Who,
+)
+from chatservice.policy import FloodGuard, TokenBucket
+
+_log = Logger()
+
+#: How many messages a join without `since` gets.
+JOIN_HISTORY = 50
+#: Close code for a policy violation (RFC 6455 7.4.1).
+CLOSE_POLICY = 1008
+
+
+class Member(Protocol):
+    """What the hub needs of a connection."""
+
+    conn_id: int
+    dialect: Dialect
+
+    def send_event(self, event: Event) -> None:
+        """Send one event to this connection only."""
+
+    def deliver(self, frame: Any) -> None:
+        """Send a frame prepared by the hub's `prepare` (a broadcast)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection; the hub has already forgotten it."""
+
+
+class HistoryStore(Protocol):
+    """The part of `chatservice.history.History` the hub uses."""
+
+    def append(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
+        """Store a message; fires once it is durable."""
+
+    def recent(self, room: str, limit: int = JOIN_HISTORY) -> list[StoredMessage]:
+        """The room's last `limit` messages, oldest first."""
+
+    def since(
+        self, room: str, since_id: int, limit: int = JOIN_HISTORY
+    ) -> tuple[list[StoredMessage], bool]:
+        """Messages after `since_id`, and whether that is all of them."""
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """The limits a chat client is told about and held to."""
+
+    max_message_size: int = 65536
+    max_text_length: int = 2000
+    rate: float = 10.0
+    burst: int = 30
+    flood_drops: int = 100
+    flood_window: float = 60.0
+
+    def welcome(self) -> dict[str, Any]:
+        return {
+            "max_message_size": self.max_message_size,
+            "max_text_length": self.max_text_length,
+            "rate": self.rate,
+            "burst": self.burst,
+            "max_username_length": MAX_USERNAME_LENGTH,
+            "max_room_length": MAX_ROOM_LENGTH,
+        }
+
+
+def iso_time(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds: ``2026-11-22T04:02:02.123Z``."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class Session:
+    """The hub's state of one connection."""
+
+    __slots__ = ("bucket", "flood", "member", "name", "rooms")
+
+    def __init__(self, member: Member, bucket: TokenBucket, flood: FloodGuard) -> None:
+        self.member = member
+        self.name: str | None = None
+        #: Joined rooms, in join order: the last is the current room.
+        self.rooms: dict[str, None] = {}
+        self.bucket = bucket
+        self.flood = flood
+
+    def current_room(self) -> str | None:
+        return next(reversed(self.rooms), None)
+
+
+class Room:
+    """A room's live members, grouped by dialect for encode-once fan-out."""
+
+    __slots__ = ("groups", "name", "sessions")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sessions: dict[Session, None] = {}
+        self.groups: dict[Dialect, dict[Member, None]] = {}
+
+    def add(self, session: Session) -> None:
+        self.sessions[session] = None
+        member = session.member
+        self.groups.setdefault(member.dialect, {})[member] = None
+
+    def remove(self, session: Session) -> None:
+        del self.sessions[session]
+        member = session.member
+        group = self.groups[member.dialect]
+        del group[member]
+        if not group:
+            del self.groups[member.dialect]
+
+    def usernames(self) -> list[str]:
+        return sorted((s.name for s in self.sessions if s.name), key=str.casefold)
+
+
+class Hub:
+    """All rooms and connections of one process.
+
+    Args:
+        history: The message store.
+        seconds: The clock.
+        prepare: Frames an encoded event once for many connections
+            (Autobahn's ``prepareMessage``; identity in tests).
+        server: The server's name, for the welcome.
+        motd: Message of the day, for the welcome.
+        limits: What clients are held to.
+    """
+
+    def __init__(
+        self,
+        history: HistoryStore,
+        seconds: Callable[[], float],
+        prepare: Callable[[bytes], Any],
+        server: str,
+        motd: str = "",
+        limits: ChatLimits | None = None,
+    ) -> None:
+        self.history = history
+        self.seconds = seconds
+        self.prepare = prepare
+        self.server = server
+        self.motd = motd
+        self.limits = limits or ChatLimits()
+        self.rooms: dict[str, Room] = {}
+        self.sessions: dict[Member, Session] = {}
+        self._names: dict[str, Session] = {}
+
+    # Connections.
+
+    def connect(self, member: Member) -> Session:
+        """Register a new connection and welcome it."""
+        limits = self.limits
+        session = Session(
+            member,
+            TokenBucket(limits.rate, limits.burst, self.seconds),
+            FloodGuard(limits.flood_drops, limits.flood_window, self.seconds),
+        )
+        self.sessions[member] = session
+        member.send_event(
+            (
+                "chat-welcome",
+                {
+                    "id": member.conn_id,
+                    "server": self.server,
+                    "motd": self.motd,
+                    "limits": limits.welcome(),
+                },
+            )
+        )
+        return session
+
+    def disconnect(self, member: Member) -> None:
+        """Forget a connection: it leaves its rooms, its name is free.  Idempotent."""
+        session = self.sessions.pop(member, None)
+        if session is None:
+            return
+        for room in list(session.rooms):
+            self._leave(session, room, tell_leaver=False)
+        if session.name is not None:
+            self._names.pop(session.name.casefold(), None)
+
+    def admit(self, session: Session) -> bool:
+        """Whether a frame from `session` may be handled (the rate limit).
+
+        A refused frame is answered with ``rate-limited``; a connection that keeps
+        flooding is closed with 1008.
+        """
+        if session.bucket.take():
+            return True
+        if session.flood.dropped():
+            _log.info(
+                "conn={conn_id} closed for flooding (over {drops} dropped frames in {window}s)",
+                conn_id=session.member.conn_id,
+                drops=self.limits.flood_drops,
+                window=self.limits.flood_window,
+            )
+            self.close(session.member, CLOSE_POLICY, "flooding")
+            return False
+        session.member.send_event(
+            ProtocolError(
+                "rate-limited", f"over {self.limits.rate:g} messages/s; this one was dropped"
+            ).event()
+        )
+        return False
+
+    def close(self, member: Member, code: int, reason: str) -> None:
+        """Forget `member`, then close it (so nothing more is sent to it)."""
+        self.disconnect(member)
+        member.close(code, reason)
+
+    def guest_name(self, member: Member) -> str:
+        """A free name like ``guest-7`` for a client that has not chosen one."""
+        base = f"guest-{member.conn_id}"
+        name, n = base, 1
+        while name.casefold() in self._names:
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    # Commands.
+
+    def handle(self, session: Session, command: Command) -> None:
+        """Carry out a client's command.
+
+        Raises:
+            ProtocolError: The command cannot be carried out; tell the client.
+        """
+        if isinstance(command, Say):
+            self._say(session, command)
+        elif isinstance(command, Join):
+            self._join(session, command)
+        elif isinstance(command, Typing):
+            self._typing(session, command)
+        elif isinstance(command, Leave):
+            room = self._joined_room(session, command.room, "chat-leave")
+            self._leave(session, room, tell_leaver=True)
+        elif isinstance(command, Nick):
+            self._nick(session, command.username)
+        elif isinstance(command, Who):
+            room = self._joined_room(session, None, "who")
+            users = self.rooms[room].usernames()
+            session.member.send_event(("chat-users", {"room": room, "users": users}))
+        elif isinstance(command, Help):
+            session.member.send_event(("chat-info", {"message": TEXT_HELP}))
+
+    def notice(self, message: str) -> int:
+        """A server-wide announcement to every connection; returns how many got it."""
+        event: Event = ("chat-notice", {"message": message, "time": iso_time(self.seconds())})
+        groups: dict[Dialect, list[Member]] = {}
+        for member in self.sessions:
+            groups.setdefault(member.dialect, []).append(member)
+        return self._fan_out(groups.items(), event)
+
+    def _joined_room(self, session: Session, room: str | None, type: str) -> str:
+        name = room if room is not None else session.current_room()
+        if name is None or name not in session.rooms:
+            what = f"room {name!r}" if name else "any room"
+            raise ProtocolError("not-joined", f"you have not joined {what}", type)
+        return name
+
+    def _claim(self, session: Session, username: str, type: str) -> None:
+        key = username.casefold()
+        holder = self._names.get(key)
+        if holder is not None and holder is not session:
+            raise ProtocolError("username-taken", f"{username!r} is taken", type)
+        if session.name is not None:
+            self._names.pop(session.name.casefold(), None)
+        self._names[key] = session
+        session.name = username
+
+    def _join(self, session: Session, command: Join) -> None:
+        if session.name is None:
+            if command.username is None:
+                raise ProtocolError(
+                    "bad-username", "the first chat-join needs a username", "chat-join"
+                )
+            self._claim(session, command.username, "chat-join")
+        name = command.room
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name)
+        already = name in session.rooms
+        session.rooms.pop(name, None)
+        session.rooms[name] = None  # now the current room
+
+        if command.since is None:
+            messages, recovered = self.history.recent(name, JOIN_HISTORY), False
+        else:
+            messages, recovered = self.history.since(name, command.since, JOIN_HISTORY)
+        member = session.member
+        member.send_event(
+            (
+                "chat-history",
+                {
+                    "room": name,
+                    "messages": [m.payload() for m in messages],
+                    "recovered": recovered,
+                },
+            )
+        )
+        if already:
+            member.send_event(("chat-users", {"room": name, "users": room.usernames()}))
+            return
+        room.add(session)
+        member.send_event(("chat-users", {"room": name, "users": room.usernames()}))
+        self._to_room(
+            room,
+            ("chat-join", {"username": session.name, "room": name, "time": self._now()}),
+        )
+        _log.info(
+            "conn={conn_id} {username} joined {room} ({members} members)",
+            conn_id=member.conn_id,
+            username=session.name,
+            room=name,
+            members=len(room.sessions),
+        )
+
+    def _leave(self, session: Session, name: str, tell_leaver: bool) -> None:
+        del session.rooms[name]
+        room = self.rooms[name]
+        room.remove(session)
+        event: Event = (
+            "chat-leave",
+            {"username": session.name, "room": name, "time": self._now()},
+        )
+        if room.sessions:
+            self._to_room(room, event)
+        else:
+            del self.rooms[name]
+        if tell_leaver:
+            session.member.send_event(event)
+        _log.info(
+            "conn={conn_id} {username} left {room}",
+            conn_id=session.member.conn_id,
+            username=session.name,
+            room=name,
+        )
+
+    def _say(self, session: Session, command: Say) -> None:
+        room = self._joined_room(session, command.room, "chat-message")
+        text = command.message.strip()
+        if not text:
+            return
+        if len(text) > self.limits.max_text_length:
+            raise ProtocolError(
+                "too-long",
+                f"messages are at most {self.limits.max_text_length} characters",
+                "chat-message",
+            )
+        assert session.name is not None  # joined, so named
+        stored = self.history.append(room, session.name, text, self._now())
+        stored.addCallbacks(self._deliver, self._not_stored, errbackArgs=(session,))
+
+    def _deliver(self, message: StoredMessage) -> None:
+        # Delivered only once stored: a message anybody saw survives a crash.
+        room = self.rooms.get(message.room)
+        if room is not None:
+            self._to_room(room, ("chat-message", message.payload()))
+
+    def _not_stored(self, failure: Failure, session: Session) -> None:
+        _log.failure(
+            "conn={conn_id} message could not be stored", failure, conn_id=session.member.conn_id
+        )
+        if session.member in self.sessions:
+            session.member.send_event(
+                ProtocolError(
+                    "server-error", "the message could not be stored; try again", "chat-message"
+                ).event()
+            )
+
+    def _typing(self, session: Session, command: Typing) -> None:
+        name = self._joined_room(session, command.room, "chat-typing")
+        room = self.rooms[name]
+        event: Event = ("chat-typing", {"username": session.name, "room": name})
+        self._fan_out(room.groups.items(), event, exclude=session.member)
+
+    def _nick(self, session: Session, username: str) -> None:
+        old = session.name
+        if old == username:
+            return
+        self._claim(session, username, "chat-nick")
+        if old is None:
+            return
+        rooms = list(session.rooms)
+        event: Event = ("chat-nick", {"old": old, "new": username, "rooms": rooms})
+        audience: dict[Dialect, dict[Member, None]] = {
+            session.member.dialect: {session.member: None}
+        }
+        for name in rooms:
+            for dialect, group in self.rooms[name].groups.items():
+                audience.setdefault(dialect, {}).update(group)
+        self._fan_out(audience.items(), event)
+        _log.info(
+            "conn={conn_id} {old} is now {new}",
+            conn_id=session.member.conn_id,
+            old=old,
+            new=username,
+        )
+
+    # Fan-out.
+
+    def _to_room(self, room: Room, event: Event) -> int:
+        return self._fan_out(room.groups.items(), event)
+
+    def _fan_out(
+        self,
+        groups: Iterable[tuple[Dialect, Iterable[Member]]],
+        event: Event,
+        exclude: Member | None = None,
+    ) -> int:
+        """Encode and frame `event` once per dialect; the same frame to every member."""
+        sent = 0
+        # Snapshots: a delivery may close a slow member, which leaves its rooms.
+        for dialect, members in tuple(groups):
+            data = dialect.encode(event)
+            if data is None:
+                continue
+            frame = self.prepare(data)
+            for member in tuple(members):
+                if member is not exclude:
+                    member.deliver(frame)
+                    sent += 1
+        return sent
+
+    def _now(self) -> str:
+        return iso_time(self.seconds())

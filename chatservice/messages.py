@@ -1,0 +1,267 @@
+"""The chat wire format: parse client frames into commands, encode events.
+
+Specified in docs/protocol.md ("/chat"); no I/O and no Twisted here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+MAX_USERNAME_LENGTH = 32
+MAX_ROOM_LENGTH = 64
+DEFAULT_ROOM = "lobby"
+
+_ROOM = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_ROOM_LENGTH}}}")
+
+#: An event the server sends: its type and payload.
+Event = tuple[str, dict[str, Any]]
+
+
+class ProtocolError(Exception):
+    """Bad input from a client; becomes a ``chat-error`` and the connection stays open.
+
+    Args:
+        code: The machine-readable error code (docs/protocol.md lists them).
+        reason: What is wrong, for people.
+        type: The type of the frame that caused it, when known.
+    """
+
+    def __init__(self, code: str, reason: str, type: str | None = None) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+        self.type = type
+
+    def event(self) -> Event:
+        payload: dict[str, Any] = {"code": self.code, "reason": self.reason}
+        if self.type is not None:
+            payload["type"] = self.type
+        return ("chat-error", payload)
+
+
+# Commands, client to server.
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    username: str | None = None
+    since: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    message: str
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Nick:
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Text dialect: list the current room's members."""
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    """Text dialect: list the commands."""
+
+
+Command = Join | Say | Leave | Typing | Nick | Who | Help
+
+
+def clean_username(value: object, type: str | None = None) -> str:
+    """A username as the server keeps it: trimmed, 1-32 characters, no control characters.
+
+    Raises:
+        ProtocolError: ``bad-username``.
+    """
+    if not isinstance(value, str):
+        raise ProtocolError("bad-username", "username must be a string", type)
+    name = value.strip()
+    if not 1 <= len(name) <= MAX_USERNAME_LENGTH:
+        raise ProtocolError(
+            "bad-username", f"username must be 1-{MAX_USERNAME_LENGTH} characters", type
+        )
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise ProtocolError("bad-username", "username must not contain control characters", type)
+    return name
+
+
+def check_room(value: object, type: str | None = None) -> str:
+    """A room name: 1-64 of letters, digits, ``-``, ``_``, ``.``.
+
+    Raises:
+        ProtocolError: ``bad-room``.
+    """
+    if not isinstance(value, str) or not _ROOM.fullmatch(value):
+        raise ProtocolError(
+            "bad-room", f"room names are 1-{MAX_ROOM_LENGTH} of letters, digits, '-_.'", type
+        )
+    return value
+
+
+def _optional_room(payload: dict[str, Any], type: str) -> str | None:
+    room = payload.get("room")
+    return None if room is None else check_room(room, type)
+
+
+def parse_json(data: bytes) -> Command:
+    """Parse one JSON-dialect frame.
+
+    Raises:
+        ProtocolError: ``bad-json``, ``bad-type``, ``bad-payload``, ``bad-room``,
+            ``bad-username``.
+    """
+    try:
+        frame = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad-json", "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("bad-json", 'frame must be an object {"type": ..., "payload": ...}')
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad-type", "frame has no string 'type'")
+    payload = frame.get("payload", {})
+    if not isinstance(payload, dict):
+        raise ProtocolError("bad-payload", "payload must be an object", kind)
+
+    if kind == "chat-join":
+        since = payload.get("since")
+        if since is not None and (type(since) is not int or since < 0):
+            raise ProtocolError("bad-payload", "since must be a message id", kind)
+        room = payload.get("room", DEFAULT_ROOM)
+        username = payload.get("username")
+        return Join(
+            room=check_room(room, kind),
+            username=None if username is None else clean_username(username, kind),
+            since=since,
+        )
+    if kind == "chat-message":
+        message = payload.get("message")
+        if not isinstance(message, str):
+            raise ProtocolError("bad-payload", "message must be a string", kind)
+        return Say(message=message, room=_optional_room(payload, kind))
+    if kind == "chat-leave":
+        return Leave(room=_optional_room(payload, kind))
+    if kind == "chat-typing":
+        return Typing(room=_optional_room(payload, kind))
+    if kind == "chat-nick":
+        return Nick(username=clean_username(payload.get("username"), kind))
+    raise ProtocolError("bad-type", f"unknown type {kind[:40]!r}", kind[:40])
+
+
+def parse_text(line: str) -> Command:
+    """Parse one text-dialect line.
+
+    Raises:
+        ProtocolError: for a command with a bad argument or an unknown command.
+    """
+    line = line.strip("\r\n")
+    if not line.startswith("/"):
+        return Say(message=line)
+    command, _, argument = line[1:].partition(" ")
+    argument = argument.strip()
+    command = command.lower()
+    if command == "nick":
+        return Nick(username=clean_username(argument, "nick"))
+    if command == "join":
+        return Join(room=check_room(argument.lstrip("#"), "join"))
+    if command == "leave":
+        return Leave()
+    if command == "who":
+        return Who()
+    if command == "help":
+        return Help()
+    raise ProtocolError("bad-type", f"unknown command /{command[:20]}; try /help")
+
+
+# Encoding, server to client.
+
+
+def encode_json(event: Event) -> bytes:
+    """One JSON-dialect frame for `event`."""
+    kind, payload = event
+    return json.dumps(
+        {"type": kind, "payload": payload}, ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8")
+
+
+TEXT_HELP = (
+    "Commands: /nick NAME, /join ROOM, /leave, /who, /help. "
+    "Anything else is a message to your current room."
+)
+
+
+def _line(kind: str, p: dict[str, Any]) -> str | None:
+    if kind == "chat-message":
+        return f"[{p['room']}] {p['username']}: {p['message']}"
+    if kind == "chat-join":
+        return f"* {p['username']} joined #{p['room']}"
+    if kind == "chat-leave":
+        return f"* {p['username']} left #{p['room']}"
+    if kind == "chat-nick":
+        return f"* {p['old']} is now known as {p['new']}"
+    if kind == "chat-notice":
+        return f"*** {p['message']}"
+    if kind == "chat-error":
+        return f"! {p['reason']}"
+    if kind == "chat-users":
+        return f"* Users in #{p['room']}: {', '.join(p['users'])}"
+    if kind == "chat-info":  # text dialect only: answers to /help
+        return f"* {p['message']}"
+    return None
+
+
+def text_lines(event: Event) -> list[str]:
+    """The text-dialect lines for `event`, one frame each; none for typing."""
+    kind, payload = event
+    if kind == "chat-history":
+        lines = [_line("chat-message", m) for m in payload["messages"]]
+        return [line for line in lines if line is not None]
+    if kind == "chat-welcome":
+        return [f"* Welcome to {payload['server']}. {payload['motd']}".rstrip(), f"* {TEXT_HELP}"]
+    line = _line(kind, payload)
+    return [] if line is None else [line]
+
+
+def encode_text(event: Event) -> bytes | None:
+    """One text-dialect frame for a broadcast `event`, or None if not shown."""
+    line = _line(*event)
+    return None if line is None else line.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one kind of client sees broadcast events.
+
+    Attributes:
+        name: ``json`` or ``text``.
+        encode: One frame for a broadcast event, or None if this dialect
+            does not show it.
+    """
+
+    name: str
+    encode: Callable[[Event], bytes | None]
+
+
+JSON = Dialect("json", encode_json)
+TEXT = Dialect("text", encode_text)

@@ -1,0 +1,210 @@
+"""Who may connect and how much they may send; plain classes, no I/O.
+
+Time comes from an injected ``seconds()`` so tests drive it with a Clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; one token per frame.
+
+    Args:
+        rate: Tokens added per second.
+        burst: The bucket's size (and how full it starts).
+        seconds: The clock.
+    """
+
+    __slots__ = ("_burst", "_last", "_rate", "_seconds", "_tokens")
+
+    def __init__(self, rate: float, burst: float, seconds: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._seconds = seconds
+        self._last = seconds()
+
+    def take(self) -> bool:
+        """Take a token if there is one."""
+        now = self._seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class FloodGuard:
+    """Counts dropped frames; says when there were too many within a window.
+
+    Args:
+        limit: More drops than this within `window` seconds is flooding.
+        window: Seconds.
+        seconds: The clock.
+    """
+
+    __slots__ = ("_drops", "_limit", "_seconds", "_window")
+
+    def __init__(self, limit: int, window: float, seconds: Callable[[], float]) -> None:
+        self._limit = limit
+        self._window = window
+        self._seconds = seconds
+        self._drops: deque[float] = deque(maxlen=limit + 1)
+
+    def dropped(self) -> bool:
+        """Count a drop; True when the count within the window is over the limit."""
+        now = self._seconds()
+        self._drops.append(now)
+        while self._drops and self._drops[0] <= now - self._window:
+            self._drops.popleft()
+        return len(self._drops) > self._limit
+
+
+class ConnectionLimits:
+    """How many WebSocket connections are open, in all and per client address.
+
+    Args:
+        total: The most open at once.
+        per_address: The most open at once from one client address.
+    """
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total = total
+        self.per_address = per_address
+        self.open = 0
+        self._by_address: dict[str, int] = {}
+
+    def acquire(self, address: str) -> str | None:
+        """Count a new connection from `address`.
+
+        Returns:
+            None if it may open, else why not (and nothing was counted).
+        """
+        if self.open >= self.total:
+            return f"server is at its limit of {self.total} connections"
+        count = self._by_address.get(address, 0)
+        if count >= self.per_address:
+            return f"too many connections from {address} (limit {self.per_address})"
+        self.open += 1
+        self._by_address[address] = count + 1
+        return None
+
+    def release(self, address: str) -> None:
+        """Count a connection from `address` as closed."""
+        count = self._by_address.get(address, 0)
+        if count <= 0:
+            return
+        self.open -= 1
+        if count == 1:
+            del self._by_address[address]
+        else:
+            self._by_address[address] = count - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _OriginPattern:
+    scheme: str
+    host: str  # exact host, or ".example.com" for "*.example.com"
+    port: int | None  # None: any port
+
+    def matches(self, scheme: str, host: str, port: int) -> bool:
+        if scheme != self.scheme:
+            return False
+        if self.port is not None and port != self.port:
+            return False
+        if self.host.startswith("."):
+            return host.endswith(self.host) and len(host) > len(self.host)
+        return host == self.host
+
+
+def _split_origin(value: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an origin, lower-cased, with the default port filled in.
+
+    Raises:
+        ValueError: It is not a scheme://host[:port] origin.
+    """
+    parts = urlsplit(value.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"not an origin: {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"not an origin: {value!r}")
+    port = parts.port if parts.port is not None else _DEFAULT_PORTS[scheme]
+    return scheme, parts.hostname.lower(), port
+
+
+def parse_origin_pattern(value: str) -> _OriginPattern | None:
+    """Parse an ``--allowed-origin`` pattern; None means any origin (``*``).
+
+    Forms: ``https://chat.example.com``, ``https://*.example.com`` (any subdomain),
+    ``http://localhost:*`` (any port), ``*``.
+
+    Raises:
+        ValueError: It is none of these.
+    """
+    value = value.strip()
+    if value == "*":
+        return None
+    any_port = value.endswith(":*")
+    base = value[:-2] if any_port else value
+    wildcard = "://*." in base
+    if wildcard:
+        base = base.replace("://*.", "://wildcard.", 1)
+    scheme, host, port = _split_origin(base)
+    if "*" in host:
+        raise ValueError(f"'*' may only stand for a whole first label or the port: {value!r}")
+    if wildcard:
+        host = host[len("wildcard") :]
+    return _OriginPattern(scheme, host, None if any_port else port)
+
+
+class OriginPolicy:
+    """Which browser origins may open a WebSocket (cross-site WebSocket hijacking).
+
+    No Origin header (a non-browser client), or an Origin whose host and port equal
+    the request's Host header, is allowed; any other must match a pattern.
+
+    Args:
+        patterns: ``--allowed-origin`` values; see `parse_origin_pattern`.
+
+    Raises:
+        ValueError: A pattern is malformed.
+    """
+
+    def __init__(self, patterns: Iterable[str] = ()) -> None:
+        parsed = [parse_origin_pattern(p) for p in patterns]
+        self.any = any(p is None for p in parsed)
+        self._patterns = [p for p in parsed if p is not None]
+
+    def allows(self, origin: str | None, host: str | None) -> bool:
+        """Whether a handshake with this Origin and Host header may proceed."""
+        if not origin or self.any:  # Autobahn reports a missing header as ""
+            return True
+        try:
+            scheme, origin_host, origin_port = _split_origin(origin)
+        except ValueError:
+            return False  # "null" and garbage
+        if host and _same_host_port(scheme, origin_host, origin_port, host):
+            return True
+        return any(p.matches(scheme, origin_host, origin_port) for p in self._patterns)
+
+
+def _same_host_port(scheme: str, origin_host: str, origin_port: int, host_header: str) -> bool:
+    parts = urlsplit("//" + host_header.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.hostname is None or parts.hostname.lower() != origin_host:
+        return False
+    # A Host header without a port means the default port (of the page's scheme:
+    # an https page talks wss to 443, an http page ws to 80).
+    return (port if port is not None else _DEFAULT_PORTS[scheme]) == origin_port

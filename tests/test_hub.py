@@ -1,0 +1,374 @@
+"""Rooms, presence, history and fan-out, driven without a reactor or sockets."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from chatservice.history import History, immediate_executor
+from chatservice.hub import Hub, Session
+from chatservice.messages import JSON, TEXT, Dialect, Event, Join, Leave, Nick, Say, Typing
+from chatservice.messages import ProtocolError as Refused
+
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+class Client:
+    """A hub member that records what it is sent."""
+
+    def __init__(self, conn_id: int, dialect: Dialect = JSON) -> None:
+        self.conn_id = conn_id
+        self.dialect = dialect
+        self.events: list[Event] = []
+        self.frames: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def deliver(self, frame: Any) -> None:
+        self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def seen(self) -> list[Event]:
+        """Everything received, in order: direct events and decoded broadcasts."""
+        return self.events + [self.decode(f) for f in self.frames]
+
+    def broadcasts(self, kind: str | None = None) -> list[Any]:
+        decoded = [self.decode(f) for f in self.frames]
+        return [
+            d for d in decoded if kind is None or (d[0] == kind if self.dialect is JSON else True)
+        ]
+
+    def decode(self, frame: bytes) -> Any:
+        if self.dialect is JSON:
+            data = json.loads(frame)
+            return (data["type"], data["payload"])
+        return frame.decode()
+
+    def direct(self, kind: str) -> list[dict[str, Any]]:
+        return [payload for k, payload in self.events if k == kind]
+
+    def reset(self) -> None:
+        self.events.clear()
+        self.frames.clear()
+
+
+class Prepare:
+    """Counts how often the hub frames an encoded event."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, data: bytes) -> bytes:
+        self.calls += 1
+        return data
+
+
+@pytest.fixture
+def clock() -> Clock:
+    clock = Clock()
+    clock.advance(1_790_000_000.5)
+    return clock
+
+
+@pytest.fixture
+def history(tmp_path: Any) -> History:
+    store = History(str(tmp_path / "h.sqlite3"), 100, immediate_executor)
+    store.open()
+    return store
+
+
+@pytest.fixture
+def prepare() -> Prepare:
+    return Prepare()
+
+
+@pytest.fixture
+def hub(history: History, clock: Clock, prepare: Prepare) -> Hub:
+    return Hub(history, clock.seconds, prepare, server="chatservice/test", motd="be nice")
+
+
+def joined(
+    hub: Hub, conn_id: int, name: str, room: str = "lobby", dialect: Dialect = JSON
+) -> tuple[Client, Session]:
+    client = Client(conn_id, dialect)
+    session = hub.connect(client)
+    hub.handle(session, Join(room=room, username=name))
+    return client, session
+
+
+def test_welcome_says_who_and_what_limits(hub: Hub) -> None:
+    client = Client(7)
+    hub.connect(client)
+    [(kind, payload)] = client.events
+    assert kind == "chat-welcome"
+    assert payload["id"] == 7
+    assert payload["server"] == "chatservice/test"
+    assert payload["motd"] == "be nice"
+    assert payload["limits"]["max_text_length"] == 2000
+    assert payload["limits"]["rate"] == 10
+
+
+def test_join_sends_history_users_then_join_to_everyone(hub: Hub) -> None:
+    alice, _ = joined(hub, 1, "alice")
+    alice.reset()
+    bob, _ = joined(hub, 2, "bob")
+
+    kinds = [k for k, _ in bob.seen()]
+    assert kinds == ["chat-welcome", "chat-history", "chat-users", "chat-join"]
+    assert bob.direct("chat-history") == [{"room": "lobby", "messages": [], "recovered": False}]
+    assert bob.direct("chat-users") == [{"room": "lobby", "users": ["alice", "bob"]}]
+    [(kind, payload)] = alice.broadcasts()
+    assert kind == "chat-join"
+    assert payload["username"] == "bob" and payload["room"] == "lobby"
+    assert ISO_MS.match(payload["time"])
+
+
+def test_message_reaches_every_member_with_id_and_server_side_name(hub: Hub) -> None:
+    alice, a = joined(hub, 1, "alice")
+    bob, _ = joined(hub, 2, "bob")
+    carol, _ = joined(hub, 3, "carol", room="elsewhere")
+    for c in (alice, bob, carol):
+        c.reset()
+
+    hub.handle(a, Say(message="  hello there  "))
+    hub.handle(a, Say(message="second"))
+
+    for member in (alice, bob):
+        messages = member.broadcasts("chat-message")
+        assert [m[1]["message"] for m in messages] == ["hello there", "second"]
+        assert all(m[1]["username"] == "alice" and m[1]["room"] == "lobby" for m in messages)
+        assert messages[0][1]["id"] < messages[1][1]["id"]
+        assert ISO_MS.match(messages[0][1]["time"])
+    assert carol.frames == []
+
+
+def test_empty_messages_are_ignored_and_long_ones_refused(hub: Hub) -> None:
+    alice, a = joined(hub, 1, "alice")
+    alice.reset()
+    hub.handle(a, Say(message="   \n "))
+    assert alice.frames == []
+    hub.handle(a, Say(message="x" * 2000))
+    assert len(alice.frames) == 1
+    with pytest.raises(Refused) as refused:
+        hub.handle(a, Say(message="x" * 2001))
+    assert refused.value.code == "too-long"
+
+
+def test_commands_outside_joined_rooms_are_not_joined(hub: Hub) -> None:
+    client = Client(1)
+    session = hub.connect(client)
+    for command in (Say(message="hi"), Leave(), Typing()):
+        with pytest.raises(Refused) as refused:
+            hub.handle(session, command)
+        assert refused.value.code == "not-joined"
+    hub.handle(session, Join(room="lobby", username="alice"))
+    with pytest.raises(Refused) as refused:
+        hub.handle(session, Say(message="hi", room="other"))
+    assert refused.value.code == "not-joined"
+
+
+def test_first_join_needs_a_name_and_names_are_unique_ignoring_case(hub: Hub) -> None:
+    joined(hub, 1, "Alice")
+    client = Client(2)
+    session = hub.connect(client)
+    with pytest.raises(Refused) as refused:
+        hub.handle(session, Join(room="lobby"))
+    assert refused.value.code == "bad-username"
+    with pytest.raises(Refused) as refused:
+        hub.handle(session, Join(room="lobby", username="aLICE"))
+    assert refused.value.code == "username-taken"
+    assert session.name is None and not session.rooms
+    hub.handle(session, Join(room="lobby", username="bob"))
+    # Later joins keep the name the first one set.
+    hub.handle(session, Join(room="second", username="ignored"))
+    assert session.name == "bob"
+
+
+def test_leave_tells_the_room_and_the_leaver(hub: Hub) -> None:
+    alice, a = joined(hub, 1, "alice")
+    bob, _ = joined(hub, 2, "bob")
+    alice.reset()
+    bob.reset()
+    hub.handle(a, Leave())
+    assert [e[0] for e in alice.events] == ["chat-leave"]
+    assert bob.broadcasts() == [("chat-leave", alice.events[0][1])]
+    assert alice.events[0][1]["username"] == "alice"
+    hub.handle(a, Join(room="lobby"))  # and back
+    assert hub.rooms["lobby"].usernames() == ["alice", "bob"]
+
+
+def test_empty_rooms_are_forgotten_but_their_history_is_not(hub: Hub, history: History) -> None:
+    _alice, a = joined(hub, 1, "alice", room="quiet")
+    hub.handle(a, Say(message="anyone?"))
+    hub.handle(a, Leave())
+    assert "quiet" not in hub.rooms
+    bob, _ = joined(hub, 2, "bob", room="quiet")
+    [payload] = bob.direct("chat-history")
+    assert [m["message"] for m in payload["messages"]] == ["anyone?"]
+
+
+def test_disconnect_leaves_every_room_and_frees_the_name(hub: Hub) -> None:
+    alice, a = joined(hub, 1, "alice")
+    hub.handle(a, Join(room="second"))
+    bob, b = joined(hub, 2, "bob")
+    hub.handle(b, Join(room="second"))
+    bob.reset()
+    hub.disconnect(alice)
+    hub.disconnect(alice)  # idempotent
+    leaves = bob.broadcasts("chat-leave")
+    assert sorted(p["room"] for _, p in leaves) == ["lobby", "second"]
+    assert "alice" not in hub.rooms["lobby"].usernames()
+    joined(hub, 3, "ALICE")  # the name is free again
+
+
+def test_typing_goes_to_the_others_only(hub: Hub) -> None:
+    alice, a = joined(hub, 1, "alice")
+    bob, _ = joined(hub, 2, "bob")
+    alice.reset()
+    bob.reset()
+    hub.handle(a, Typing())
+    assert bob.broadcasts() == [("chat-typing", {"username": "alice", "room": "lobby"})]
+    assert alice.frames == []
+
+
+def test_nick_tells_each_member_of_the_user_s_rooms_once(hub: Hub) -> None:
+    alice, a = joined(hub, 1, "alice")
+    hub.handle(a, Join(room="second"))
+    bob, b = joined(hub, 2, "bob")
+    hub.handle(b, Join(room="second"))
+    carol, _ = joined(hub, 3, "carol", room="third")
+    for c in (alice, bob, carol):
+        c.reset()
+    hub.handle(a, Nick(username="alicia"))
+    expected = ("chat-nick", {"old": "alice", "new": "alicia", "rooms": ["lobby", "second"]})
+    assert alice.broadcasts() == [expected]
+    assert bob.broadcasts() == [expected]
+    assert carol.frames == []
+    assert hub.rooms["lobby"].usernames() == ["alicia", "bob"]
+    with pytest.raises(Refused) as refused:
+        hub.handle(a, Nick(username="BOB"))
+    assert refused.value.code == "username-taken"
+    joined(hub, 4, "alice")  # the old name is free
+
+
+def test_notice_reaches_every_connection(hub: Hub) -> None:
+    alice, _ = joined(hub, 1, "alice")
+    lurker = Client(2)
+    hub.connect(lurker)
+    text, _ = joined(hub, 3, "terminal", dialect=TEXT)
+    for c in (alice, lurker, text):
+        c.reset()
+    assert hub.notice("maintenance at noon") == 3
+    assert alice.broadcasts()[0][0] == "chat-notice"
+    assert alice.broadcasts()[0][1]["message"] == "maintenance at noon"
+    assert lurker.broadcasts()[0][1]["message"] == "maintenance at noon"
+    assert text.broadcasts() == ["*** maintenance at noon"]
+
+
+def test_json_and_text_members_see_each_other_and_each_dialect_is_framed_once(
+    hub: Hub, prepare: Prepare
+) -> None:
+    alice, a = joined(hub, 1, "alice")
+    bob, _ = joined(hub, 2, "bob")
+    term, t = joined(hub, 3, "term", dialect=TEXT)
+    term2, _ = joined(hub, 4, "term2", dialect=TEXT)
+    for c in (alice, bob, term, term2):
+        c.reset()
+    prepare.calls = 0
+
+    hub.handle(a, Say(message="hi from json"))
+    assert prepare.calls == 2  # one JSON frame, one text frame, for four members
+    hub.handle(t, Say(message="hi from a terminal"))
+    assert term.broadcasts() == ["[lobby] alice: hi from json", "[lobby] term: hi from a terminal"]
+    assert [p["message"] for _, p in bob.broadcasts("chat-message")] == [
+        "hi from json",
+        "hi from a terminal",
+    ]
+
+
+def test_join_sends_the_last_50_and_since_recovers_exactly_what_was_missed(hub: Hub) -> None:
+    _alice, a = joined(hub, 1, "alice")
+    for i in range(60):
+        hub.handle(a, Say(message=f"m{i}"))
+    bob, _b = joined(hub, 2, "bob")
+    [payload] = bob.direct("chat-history")
+    assert [m["message"] for m in payload["messages"]] == [f"m{i}" for i in range(10, 60)]
+    assert payload["recovered"] is False
+    last_seen = payload["messages"][-1]["id"]
+
+    hub.disconnect(bob)
+    for i in range(60, 63):
+        hub.handle(a, Say(message=f"m{i}"))
+    bob2 = Client(3)
+    session = hub.connect(bob2)
+    hub.handle(session, Join(room="lobby", username="bob", since=last_seen))
+    [payload] = bob2.direct("chat-history")
+    assert [m["message"] for m in payload["messages"]] == ["m60", "m61", "m62"]
+    assert payload["recovered"] is True
+
+
+def test_since_older_than_what_is_kept_is_not_recovered(
+    clock: Clock, prepare: Prepare, tmp_path: Any
+) -> None:
+    history = History(str(tmp_path / "small.sqlite3"), 5, immediate_executor)
+    history.open()
+    hub = Hub(history, clock.seconds, prepare, server="s")
+    alice, a = joined(hub, 1, "alice")
+    hub.handle(a, Say(message="first"))
+    first_id = alice.broadcasts("chat-message")[0][1]["id"]
+    for i in range(10):
+        hub.handle(a, Say(message=f"m{i}"))
+    bob = Client(2)
+    session = hub.connect(bob)
+    hub.handle(session, Join(room="lobby", username="bob", since=first_id))
+    [payload] = bob.direct("chat-history")
+    assert payload["recovered"] is False
+    assert [m["message"] for m in payload["messages"]] == [f"m{i}" for i in range(5, 10)]
+
+
+def test_rate_limit_burst_then_sustained_rate_then_flood_close(hub: Hub, clock: Clock) -> None:
+    alice, a = joined(hub, 1, "alice")
+    alice.reset()
+    admitted = [hub.admit(a) for _ in range(31)]
+    assert admitted == [True] * 30 + [False]
+    assert alice.direct("chat-error")[0]["code"] == "rate-limited"
+    clock.advance(1)
+    assert [hub.admit(a) for _ in range(11)] == [True] * 10 + [False]
+    # Keep flooding: more than 100 drops within a minute closes the connection.
+    for _ in range(98):
+        assert not hub.admit(a)
+    assert alice.closed is None
+    assert not hub.admit(a)
+    assert alice.closed == (1008, "flooding")
+    assert alice not in hub.sessions
+
+
+def test_guest_names_are_free_names(hub: Hub) -> None:
+    joined(hub, 1, "guest-7")
+    client = Client(7, TEXT)
+    hub.connect(client)
+    assert hub.guest_name(client) == "guest-7-2"
+
+
+def test_a_member_closed_during_fan_out_does_not_stop_delivery(hub: Hub) -> None:
+    class Slow(Client):
+        def deliver(self, frame: Any) -> None:
+            hub.close(self, 1008, "slow consumer")
+
+    slow = Slow(1)
+    hub.handle(hub.connect(slow), Join(room="lobby", username="slow"))
+    _alice, a = joined(hub, 2, "alice")
+    bob, _ = joined(hub, 3, "bob")
+    bob.reset()
+    hub.handle(a, Say(message="still delivered"))
+    assert [p["message"] for _, p in bob.broadcasts("chat-message")] == ["still delivered"]
+    assert slow.closed == (1008, "slow consumer")
+    assert hub.rooms["lobby"].usernames() == ["alice", "bob"]
