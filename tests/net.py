@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import re
+import subprocess
+from pathlib import Path
 
 from chatservice.service import ChatService
 
@@ -29,3 +32,33 @@ def http_get(
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         connection.close()
+
+
+def start_twistd(twistd: Path, *args: str, cwd: Path) -> tuple[subprocess.Popen[str], int]:
+    """Start ``twistd -n chatservice ARGS`` on a free loopback port.
+
+    Returns:
+        The process (its output still readable) and the port it listens on.
+    """
+    server = subprocess.Popen(
+        [
+            str(twistd),
+            "-n",
+            "--pidfile=",
+            "chatservice",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+    )
+    assert server.stdout is not None
+    for line in server.stdout:
+        match = re.search(r"chatservice listening on .*port=(\d+)", line)
+        if match:
+            return server, int(match.group(1))
+    server.wait(10)
+    raise AssertionError(f"twistd exited with {server.returncode} before listening")

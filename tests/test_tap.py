@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
@@ -10,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from net import http_get
+from net import http_get, start_twistd
 from websockets.sync.client import connect
 
 from chatservice.config import BUNDLED_STATIC
@@ -121,22 +120,8 @@ def test_port_in_use_is_one_line_and_non_zero(twistd: Path, busy_port: int, tmp_
 
 
 def test_twistd_serves_the_bundled_page_and_echo(twistd: Path, tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        [str(twistd), "-n", "--pidfile=", "chatservice", "--port", "tcp:0:interface=127.0.0.1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )
+    server, port = start_twistd(twistd, cwd=tmp_path)
     try:
-        assert server.stdout is not None
-        port = None
-        for line in server.stdout:
-            match = re.search(r"chatservice listening on .*port=(\d+)", line)
-            if match:
-                port = int(match.group(1))
-                break
-        assert port is not None, "twistd never said where it listens"
         status, headers, body = http_get(port, "/")
         assert status == 200 and headers["content-type"].startswith("text/html")
         assert b"echo.js" in body
