@@ -37,6 +37,38 @@ def test_ports_repeat_and_bare_numbers_mean_tcp(tmp_path: Path) -> None:
     assert config.ports == ("tcp:9000", "tcp:9001:interface=127.0.0.1", f"unix:{tmp_path}/s.sock")
 
 
+def test_chat_options_reach_the_config(tmp_path: Path) -> None:
+    config = parse(
+        "--allowed-origin", "https://*.example.com",
+        "--allowed-origin", "http://localhost:*",
+        "--history", "0",
+        "--database", str(tmp_path / "h.sqlite3"),
+        "--max-message-size", "1024",
+        "--max-text-length", "140",
+        "--rate", "2.5",
+        "--burst", "5",
+        "--max-connections", "50",
+        "--max-connections-per-address", "5",
+        "--max-send-buffer", "65536",
+        "--motd", "hello",
+    ).config  # fmt: skip
+    assert config.allowed_origins == ("https://*.example.com", "http://localhost:*")
+    assert (config.history, config.database) == (0, str(tmp_path / "h.sqlite3"))
+    assert (config.chat_max_message_size, config.max_text_length) == (1024, 140)
+    assert (config.rate, config.burst) == (2.5, 5)
+    assert (config.max_connections, config.max_connections_per_address) == (50, 5)
+    assert (config.max_send_buffer, config.motd) == (65536, "hello")
+
+
+def test_chat_defaults() -> None:
+    config = parse().config
+    assert config.history == 100 and config.database == "chatservice.sqlite3"
+    assert config.chat_max_message_size == 65536 and config.max_text_length == 2000
+    assert (config.rate, config.burst) == (10, 30)
+    assert (config.max_connections, config.max_connections_per_address) == (10000, 100)
+    assert config.max_send_buffer == 1024 * 1024
+
+
 def test_static_dir_is_taken(tmp_path: Path) -> None:
     assert parse("--static", str(tmp_path)).config.static_dir == tmp_path.resolve()
 
@@ -51,6 +83,12 @@ def test_static_dir_is_taken(tmp_path: Path) -> None:
         (["--static", "/nonexistent/dir"], "--static '/nonexistent/dir': no such directory"),
         (["--static", "/etc/hostname"], "not a directory"),
         (["--log-level", "loud"], "must be one of debug, info, warn, error"),
+        (["--history", "lots"], "--history 'lots': must be a whole number"),
+        (["--history", "-1"], "--history '-1': must be at least 0"),
+        (["--rate", "0"], "--rate '0': must be at least 0.001"),
+        (["--max-connections", "1.5"], "must be a whole number"),
+        (["--database", "/nonexistent/dir/chat.sqlite3"], "does not exist"),
+        (["--allowed-origin", "chat.example.com"], "not an origin"),
         (["--no-such-option"], "option --no-such-option not recognized"),
     ],
 )
@@ -78,7 +116,22 @@ def run_twistd(twistd: Path, *args: str, timeout: float = 30) -> subprocess.Comp
 def test_help_lists_every_option(twistd: Path) -> None:
     result = run_twistd(twistd, "chatservice", "--help")
     assert result.returncode == 0
-    for option in ("--port=", "--static=", "--log-level="):
+    for option in (
+        "--port=",
+        "--static=",
+        "--log-level=",
+        "--allowed-origin=",
+        "--history=",
+        "--database=",
+        "--max-message-size=",
+        "--max-text-length=",
+        "--rate=",
+        "--burst=",
+        "--max-connections=",
+        "--max-connections-per-address=",
+        "--max-send-buffer=",
+        "--motd=",
+    ):
         assert option in result.stdout
     assert "systemd:domain=INET:index=0" in result.stdout
 
