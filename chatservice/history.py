@@ -151,7 +151,7 @@ class ThreadExecutor:
         # the results back to the reactor thread in the same order.
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
         self._pool.start()
-        self._trigger: Any = reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+        self._trigger: Any = reactor.addSystemEventTrigger("during", "shutdown", self._at_shutdown)
 
     def __call__(self, f: Callable[[], T], /) -> Deferred[T]:
         """Run ``f`` in the thread; the Deferred fires in the reactor thread.
@@ -163,6 +163,10 @@ class ThreadExecutor:
         if not self._pool.started:
             return defer.fail(RuntimeError("the history thread is stopped"))
         return deferToThreadPool(self._reactor, self._pool, f)
+
+    def _at_shutdown(self) -> None:
+        self._trigger = None  # firing now: nothing to remove
+        self.stop()
 
     def stop(self) -> None:
         """Finish the work handed over so far, then end the thread.

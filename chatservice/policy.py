@@ -57,11 +57,14 @@ class FloodGuard:
         self._limit = limit
         self._window = window
         self._seconds = seconds
-        self._drops: deque[float] = deque(maxlen=limit + 1)
+        # Made on the first drop: most connections never have one.
+        self._drops: deque[float] | None = None
 
     def dropped(self) -> bool:
         """Count a drop; True when the count within the window is over the limit."""
         now = self._seconds()
+        if self._drops is None:
+            self._drops = deque(maxlen=self._limit + 1)
         self._drops.append(now)
         while self._drops and self._drops[0] <= now - self._window:
             self._drops.popleft()

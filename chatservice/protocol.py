@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -95,9 +96,56 @@ class ServerProtocol(WebSocketServerProtocol):
     _path = ""
     _counted_address: str | None = None
 
+    # What only the opening handshake needs; dropped once open (see `_slim`).
+    http_headers: Any = None
+    http_request_data: Any = None
+    http_response_data: Any = None
+    http_status_line: Any = None
+    http_request_params: Any = None
+    http_request_uri: Any = None
+    http_request_path: Any = None
+    http_request_host: Any = None
+    websocket_protocols: Any = None
+    websocket_extensions: Any = None
+    websocket_origin: Any = None
+    _wskey: Any = None
+    _HANDSHAKE_ONLY = (
+        "http_headers",
+        "http_request_data",
+        "http_response_data",
+        "http_status_line",
+        "http_request_params",
+        "http_request_uri",
+        "http_request_path",
+        "http_request_host",
+        "websocket_protocols",
+        "websocket_extensions",
+        "websocket_origin",
+        "_wskey",
+    )
+
     def connectionMade(self) -> None:
         self.conn_id = self.factory.next_connection_id()
         super().connectionMade()
+        # Autobahn copies its ~40 options from the factory onto every
+        # connection; our factory's protocol class carries them already
+        # (`EndpointFactory`), so the copies go.
+        own = self.__dict__
+        cls = type(self)
+        for name in self.CONFIG_ATTRS:
+            if name in own and getattr(cls, name, own) is own[name]:
+                del own[name]
+
+    def _slim(self) -> None:
+        """Drop what only the handshake needed, and compact what is left.
+
+        An idle connection is mostly this object's attributes; at 10,000
+        connections every KiB counts (see bench/broadcast_bench.py).
+        """
+        own = self.__dict__
+        for name in self._HANDSHAKE_ONLY:
+            own.pop(name, None)
+        self.__dict__ = dict(own)
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         self._path = request.path
@@ -160,6 +208,8 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._opened_at = time.monotonic()
+        extensions = [e.EXTENSION_NAME for e in self.websocket_extensions_in_use]
+        self._slim()
         _log.info(
             "conn={conn_id} open peer={peer} path={path} "
             "subprotocol={subprotocol} extensions={extensions}",
@@ -167,7 +217,7 @@ class ServerProtocol(WebSocketServerProtocol):
             peer=self.peer,
             path=self._path,
             subprotocol=self.websocket_protocol_in_use,
-            extensions=[e.EXTENSION_NAME for e in self.websocket_extensions_in_use],
+            extensions=extensions,
         )
         try:
             self.opened()
@@ -230,6 +280,11 @@ class EchoProtocol(ServerProtocol):
         self.sendMessage(payload, isBinary)
 
 
+def _as_class_attribute(value: Any) -> Any:
+    # A plain function on a class would become a method of each instance.
+    return staticmethod(value) if isinstance(value, types.FunctionType) else value
+
+
 class EndpointFactory(WebSocketServerFactory):
     """A WebSocket factory configured from a `Config`.
 
@@ -249,7 +304,6 @@ class EndpointFactory(WebSocketServerFactory):
         limits: ConnectionLimits,
     ) -> None:
         super().__init__(server=SERVER_NAME)
-        self.protocol = protocol
         self.limits = limits
         self.origins = OriginPolicy(config.allowed_origins)
         self.log_messages = config.log_level == "debug"
@@ -271,6 +325,10 @@ class EndpointFactory(WebSocketServerFactory):
             # /chat with a 403); Autobahn would answer 400.
             allowNullOrigin=True,
         )
+        # The options as class attributes of this endpoint's own protocol
+        # class, so that connections need not carry copies (see connectionMade).
+        options = {name: _as_class_attribute(getattr(self, name)) for name in protocol.CONFIG_ATTRS}
+        self.protocol = type(protocol.__name__, (protocol,), options)
 
     def next_connection_id(self) -> int:
         """A process-wide unique id for log events of one connection."""
