@@ -328,7 +328,7 @@ class EndpointFactory(WebSocketServerFactory):
         # The options as class attributes of this endpoint's own protocol
         # class, so that connections need not carry copies (see connectionMade).
         options = {name: _as_class_attribute(getattr(self, name)) for name in protocol.CONFIG_ATTRS}
-        self.protocol = type(protocol.__name__, (protocol,), options)
+        self.protocol = type(protocol.__name__, (protocol,), options)  # type: ignore[assignment]
 
     def next_connection_id(self) -> int:
         """A process-wide unique id for log events of one connection."""
