@@ -237,6 +237,12 @@ class ServerProtocol(WebSocketServerProtocol):
     def opened(self) -> None:
         """Called once the connection is open; subclasses may override."""
 
+    def become_producer(self) -> None:
+        """Be the transport's push producer (twisted.web's channel was, until now)."""
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._counted_address is not None:
             self.factory.limits.release(self._counted_address)
@@ -263,10 +269,28 @@ class ServerProtocol(WebSocketServerProtocol):
         """Called once when an open connection has closed; subclasses may override."""
 
 
+@implementer(IPushProducer)
 class EchoProtocol(ServerProtocol):
-    """``/echo``: every message comes back as it came, text as text, binary as binary."""
+    """``/echo``: every message comes back as it came, text as text, binary as binary.
+
+    It is also the transport's push producer: while the echoes wait to be
+    written (the client is not reading), it stops reading from the client, so
+    TCP's flow control slows the client down instead of our memory growing.
+    """
 
     subprotocols = ("plain-text",)
+
+    def opened(self) -> None:
+        self.become_producer()
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        pass
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.factory.log_messages:
@@ -377,10 +401,7 @@ class ChatProtocol(ServerProtocol):
         return chosen
 
     def opened(self) -> None:
-        # twisted.web's channel was the transport's producer; we are now.
-        transport: Any = self.transport
-        transport.unregisterProducer()
-        transport.registerProducer(self, True)
+        self.become_producer()
         hub = self.factory.hub
         self.session = hub.connect(self)
         if self.dialect is TEXT:

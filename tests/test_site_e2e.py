@@ -286,3 +286,45 @@ async def test_tls_endpoint_serves_wss_next_to_plain_tcp(serve: Serve, tmp_path:
         echo_round_trip, f"ws://127.0.0.1:{port_of(service, 0)}/echo", ["plain"]
     )
     assert replies == ["plain"]
+
+
+def flood_without_reading(port: int, total: int) -> int:
+    """Send binary messages to /echo without ever reading; return bytes sent."""
+    import base64
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101")
+    # One masked 64 KiB binary frame (the zero mask keeps the payload as is).
+    frame = bytes([0x82, 0x80 | 127]) + (65536).to_bytes(8, "big") + b"\0\0\0\0" + bytes(65536)
+    sock.settimeout(3)
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(frame)
+            sent += len(frame)
+    except TimeoutError:
+        pass
+    finally:
+        sock.close()
+    return sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_its_echoes_is_slowed_down_not_buffered(
+    serve: Serve,
+) -> None:
+    port = port_of(serve())
+    # Without flow control the server would read all of it and hold the echoes.
+    sent = await deferToThread(flood_without_reading, port, 256 * MiB)
+    assert sent < 128 * MiB
