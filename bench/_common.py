@@ -78,6 +78,18 @@ def choose_pinning() -> Pinning:
     )
 
 
+def find_node() -> str:
+    """The path of ``node``.
+
+    Raises:
+        BenchError: Node.js is not installed.
+    """
+    node = shutil.which("node")
+    if node is None:
+        raise BenchError("Node.js ('node') is needed for the load generator; install nodejs")
+    return node
+
+
 def ensure_loadgen(log: Callable[[str], None]) -> str:
     """Check for Node.js and install bench/node_modules with ``npm ci`` if needed.
 
@@ -90,9 +102,7 @@ def ensure_loadgen(log: Callable[[str], None]) -> str:
     Raises:
         BenchError: Node.js or npm is missing, or ``npm ci`` failed.
     """
-    node = shutil.which("node")
-    if node is None:
-        raise BenchError("Node.js ('node') is needed for the load generator; install nodejs")
+    node = find_node()
     if not (BENCH_DIR / "node_modules" / "ws").is_dir():
         npm = shutil.which("npm")
         if npm is None:

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Broadcast benchmark: chatservice's ``/chat`` rooms against a minimal Autobahn broadcast.
 
-Throughput: 1000 subscribers and 16 senders join one room over the JSON
+Throughput: 1000 subscribers and 256 senders join one room over the JSON
 dialect; each sender sends a chat message, waits until it comes back to
 itself, and sends the next (at most 8 a second each, under chatservice's rate
 limit), and every member counts the messages it receives and their latency
 from send to receive.  After a warmup it measures: deliveries per second (to
 all members), room messages per second, p50/p99 latency.  The load generator
-is Node.js with ``ws`` (bench/broadcast_loadgen.mjs), faster than the server,
-so the server is the bottleneck; both CPU shares are reported to show it.
+is Node.js with a minimal WebSocket client of its own
+(bench/broadcast_loadgen.mjs), faster than the server, so the server is the
+bottleneck; both CPU shares are reported to show it.
 The same load runs against `reference_broadcast.py` (Autobahn, JSON and a
 prepared frame sent to every member, nothing else) in the same run, and the
 result is chatservice's throughput as a ratio of the reference's: features must
@@ -28,7 +29,7 @@ chatservice; the best run of each counts.  One JSON document goes to stdout,
 progress to stderr.
 
     .venv/bin/python bench/broadcast_bench.py [--duration 10] [--warmup 3]
-        [--subscribers 1000] [--senders 16] [--sender-rate 8] [--rounds 2]
+        [--subscribers 1000] [--senders 256] [--sender-rate 8] [--rounds 2]
         [--memory-connections 10000] [--phase all|throughput|memory]
         [--only ours|reference]
 
@@ -60,8 +61,8 @@ from _common import (
     Pinning,
     ServerCpuWindow,
     choose_pinning,
-    ensure_loadgen,
     environment,
+    find_node,
     interrupt,
     notes_on,
     ratio_of,
@@ -151,8 +152,8 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     parser.add_argument(
         "--senders",
         type=int,
-        default=16,
-        help="members of the room that also send, each in a closed loop (default: 16)",
+        default=256,
+        help="members of the room that also send, each in a closed loop (default: 256)",
     )
     parser.add_argument(
         "--sender-rate",
@@ -368,7 +369,7 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
     Returns:
         The output document, and whether every run was free of errors.
     """
-    node = ensure_loadgen(log)
+    node = find_node()
     pinning = choose_pinning()
     members = params.subscribers + params.senders
     open_files = raise_open_files_limit(

@@ -1,10 +1,14 @@
 // Load generator for the broadcast benchmark (bench/broadcast_bench.py runs it).
 //
-// Speaks the JSON dialect of /chat (subprotocol chat.v1.json, docs/protocol.md).
-// Connections are spread over source addresses 127.0.X.Y, at most --per-address
-// on each (chatservice limits connections per client address), and opened a
-// few at a time (the server's listen backlog is small).  A member counts as
-// joined when the server's chat-join event for its own name comes back to it.
+// Speaks the JSON dialect of /chat (subprotocol chat.v1.json, docs/protocol.md)
+// over the minimal WebSocket client in _wsclient.mjs (why not `ws`: see there),
+// and reads the bulk of the frames, chat-messages to members that do not send,
+// without JSON.parse: their id and send time are read from the bytes (see
+// CHAT_MESSAGE); anything else is parsed as JSON.  Connections are spread over
+// source addresses 127.0.X.Y, at most --per-address on each (chatservice limits
+// connections per client address), and opened a few at a time (the server's
+// listen backlog is small).  A member counts as joined when the server's
+// chat-join event for its own name comes back to it.
 //
 // --mode throughput: --subscribers members plus --senders members join the room
 // "bench".  Each sender runs a closed loop: it sends a chat-message whose text
@@ -42,8 +46,8 @@
 
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
-import WebSocket from "ws";
 import { MEASURED, MEASURING, cpuSeconds, quantile, round3, sleep } from "./_common.mjs";
+import { Client } from "./_wsclient.mjs";
 
 const JOINED = "loadgen: joined";
 const SUBPROTOCOL = "chat.v1.json";
@@ -62,7 +66,7 @@ function options() {
       url: { type: "string" },
       mode: { type: "string", default: "throughput" },
       subscribers: { type: "string", default: "1000" },
-      senders: { type: "string", default: "16" },
+      senders: { type: "string", default: "256" },
       rate: { type: "string", default: "8" },
       warmup: { type: "string", default: "3" },
       duration: { type: "string", default: "10" },
@@ -122,13 +126,49 @@ function error(kind, count = 1) {
   state.errorKinds[kind] = (state.errorKinds[kind] ?? 0) + count;
 }
 
+// A chat-message frame as both servers encode it: compact JSON, "type"
+// first, "id" first in the payload, the text after it.
+const CHAT_MESSAGE = Buffer.from('{"type":"chat-message","payload":{"id":');
+const MESSAGE_KEY = Buffer.from('"message":"');
+const DIGIT_0 = 0x30;
+const DOT = 0x2e;
+
+/** Whether buffer[start, end) starts with the bytes of `prefix`. */
+function startsWith(buffer, start, end, prefix) {
+  return end - start >= prefix.length && buffer.compare(prefix, 0, prefix.length, start, start + prefix.length) === 0;
+}
+
+/** Whether byte `at` of `buffer` is before `end` and a decimal digit. */
+function isDigit(buffer, at, end) {
+  return at < end && buffer[at] >= DIGIT_0 && buffer[at] <= DIGIT_0 + 9;
+}
+
+/**
+ * The unsigned decimal number (digits, maybe a dot and more digits) at
+ * buffer[at, end); NaN if it does not start with a digit.  Several times
+ * cheaper than JSON.parse, which is what makes the fast path fast.
+ */
+function numberAt(buffer, at, end) {
+  if (!isDigit(buffer, at, end)) return Number.NaN;
+  let value = 0;
+  for (; isDigit(buffer, at, end); at++) value = value * 10 + (buffer[at] - DIGIT_0);
+  if (buffer[at] === DOT && at < end) {
+    let scale = 1;
+    for (at++; isDigit(buffer, at, end); at++) {
+      scale /= 10;
+      value += (buffer[at] - DIGIT_0) * scale;
+    }
+  }
+  return value;
+}
+
 /** The source address of the `index`th connection: 127.0.1.1, 127.0.1.2, ... */
 function sourceAddress(index) {
   const n = Math.floor(index / opts.perAddress);
   return `127.0.${1 + Math.floor(n / 254)}.${1 + (n % 254)}`;
 }
 
-/** One connection, joined to one room under its own name. */
+/** One connection, joined to one room under its own name; the Client's handler. */
 class Member {
   constructor(index, username, room) {
     this.username = username;
@@ -136,54 +176,52 @@ class Member {
     this.sender = null; // a Sender if this member sends
     this.received = 0; // chat-messages received, the whole run
     this.lastId = 0; // id of the last chat-message received
-    this.closing = false; // a close from here on is expected
     this.onJoined = null; // while joining: resolves join()
-    this.onJoinRefused = null; // while joining: rejects join()
-    this.ws = new WebSocket(opts.url, SUBPROTOCOL, {
-      perMessageDeflate: false,
-      localAddress: sourceAddress(index),
-    });
-    this.ws.on("message", (data) => this.onMessage(data));
+    this.onJoinFailed = null; // while joining: rejects join()
+    this.client = new Client(opts.url, SUBPROTOCOL, sourceAddress(index), this);
   }
 
   /** Resolves once joined; rejects if the connection fails or the join is refused first. */
   join() {
     return new Promise((resolve, reject) => {
-      const fail = (why) => {
-        this.onJoined = this.onJoinRefused = null;
-        this.closing = true;
-        this.ws.terminate();
+      this.onJoined = resolve;
+      this.onJoinFailed = (why) => {
+        this.onJoined = this.onJoinFailed = null;
+        this.client.terminate();
         reject(new Error(`${this.username}: ${why}`));
       };
-      this.onJoined = resolve;
-      this.onJoinRefused = (code) => fail(`join refused: chat-error ${code}`);
-      this.ws.once("open", () => {
-        if (this.ws.protocol !== SUBPROTOCOL) {
-          fail(`the server chose subprotocol ${JSON.stringify(this.ws.protocol)}`);
-          return;
-        }
-        this.send("chat-join", { username: this.username, room: this.room });
-      });
-      // After joining, the close that follows an error counts it.
-      this.ws.on("error", (err) => {
-        if (this.onJoined) fail(err.message);
-      });
-      this.ws.on("close", (code) => {
-        if (this.onJoined) fail(`closed with ${code} before joining`);
-        else if (!this.closing) error(`close ${code}`);
-      });
     });
   }
 
   send(type, payload) {
-    this.ws.send(JSON.stringify({ type, payload }));
+    this.client.sendText(JSON.stringify({ type, payload }));
   }
 
-  onMessage(data) {
+  onOpen() {
+    this.send("chat-join", { username: this.username, room: this.room });
+  }
+
+  onClose(code, reason) {
+    if (this.onJoinFailed) this.onJoinFailed(`closed before joining: ${code} ${reason}`);
+    else error(`close ${code} ${reason}`.trim());
+  }
+
+  onText(buffer, start, end) {
     const now = performance.now();
+    // The fast path, for the bulk of the frames: a chat-message to a member
+    // that does not send (a sender must see the username too).
+    if (!this.sender && startsWith(buffer, start, end, CHAT_MESSAGE)) {
+      const id = numberAt(buffer, start + CHAT_MESSAGE.length, end);
+      const text = buffer.indexOf(MESSAGE_KEY, start + CHAT_MESSAGE.length);
+      const sentAt = text < 0 ? Number.NaN : numberAt(buffer, text + MESSAGE_KEY.length, end);
+      if (!Number.isNaN(id) && !Number.isNaN(sentAt)) {
+        this.onChatMessage(id, sentAt, now);
+        return;
+      }
+    }
     let frame;
     try {
-      frame = JSON.parse(data.toString());
+      frame = JSON.parse(buffer.toString("utf8", start, end));
     } catch {
       error("bad json");
       return;
@@ -191,33 +229,33 @@ class Member {
     const payload = frame.payload;
     switch (frame.type) {
       case "chat-message":
-        this.onChatMessage(payload, now);
+        this.onChatMessage(payload.id, Number.parseFloat(payload.message), now);
+        if (this.sender && payload.username === this.username) this.sender.onOwnMessage(payload.message);
         break;
       case "chat-join":
         if (this.onJoined && payload.username === this.username && payload.room === this.room) {
           const joined = this.onJoined;
-          this.onJoined = this.onJoinRefused = null;
+          this.onJoined = this.onJoinFailed = null;
           joined();
         }
         break;
       case "chat-error":
-        if (this.onJoinRefused) this.onJoinRefused(payload.code);
+        if (this.onJoinFailed) this.onJoinFailed(`join refused: chat-error ${payload.code}`);
         else error(`chat-error ${payload.code}`);
         break;
       default: // welcome, history, users, others joining or leaving
     }
   }
 
-  onChatMessage(payload, now) {
+  /** A chat-message with `id`, sent at `sentAt` (the number its text starts with), came at `now`. */
+  onChatMessage(id, sentAt, now) {
     this.received += 1;
-    if (payload.id <= this.lastId) error("chat-message out of order");
-    this.lastId = payload.id;
+    if (id <= this.lastId) error("chat-message out of order");
+    this.lastId = id;
     if (state.measuring) {
       state.deliveries += 1;
-      // The text starts with the send time: "<ms> <sender> <seq>".
-      state.latenciesMs.push(now - Number.parseFloat(payload.message));
+      state.latenciesMs.push(now - sentAt);
     }
-    if (this.sender && payload.username === this.username) this.sender.onOwnMessage(payload.message);
   }
 }
 
@@ -328,7 +366,6 @@ async function throughput() {
   const deadline = performance.now() + DRAIN_TIMEOUT_MS;
   while (!drained() && performance.now() < deadline) await sleep(50);
   for (const member of members) {
-    member.closing = true;
     if (member.received < state.sent) error("chat-message missing", state.sent - member.received);
   }
 
@@ -358,7 +395,6 @@ async function memory() {
   const { members, joinSeconds } = await joinAll(specs);
   process.stderr.write(`${JOINED}\n`);
   await released;
-  for (const member of members) member.closing = true;
   finish({
     connections: members.length,
     join_s: round3(joinSeconds),

@@ -43,6 +43,11 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
+def encode(event: dict[str, Any]) -> bytes:
+    """`event` as a JSON text frame's payload, encoded as chatservice encodes it."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 class BroadcastFactory(WebSocketServerFactory):
     """The rooms: each a set of its members' connections, and its last message id."""
 
@@ -85,7 +90,7 @@ class BroadcastProtocol(WebSocketServerProtocol):
             "type": "chat-join",
             "payload": {"username": self.username, "room": room, "time": now_iso()},
         }
-        self.sendMessage(json.dumps(event).encode())
+        self.sendMessage(encode(event))
 
     def say(self, message: str) -> None:
         """Send `message` to every member of the room joined last, this one included."""
@@ -103,7 +108,7 @@ class BroadcastProtocol(WebSocketServerProtocol):
                 "time": now_iso(),
             },
         }
-        prepared = factory.prepareMessage(json.dumps(event).encode())
+        prepared = factory.prepareMessage(encode(event))
         for member in factory.rooms[self.room]:
             member.sendPreparedMessage(prepared)
 
