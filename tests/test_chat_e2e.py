@@ -125,8 +125,9 @@ async def test_rate_limit_drops_the_excess_with_an_error(serve: Serve) -> None:
             return delivered, errors
 
     delivered, errors = await deferToThread(scenario)
-    # The join took one token of the burst of 30; a few more trickle in at 10/s.
-    assert 29 <= delivered <= 33
+    # The join took one token of the burst of 30; a few more trickle in at
+    # 10/s while the 45 are sent (more on a slow machine): the rest is dropped.
+    assert 29 <= delivered <= 38
     assert errors == 45 - delivered
 
 
