@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -320,3 +321,26 @@ def notes_on(name: str, result: dict[str, Any]) -> list[str]:
 def interrupt(signum: int, frame: Any) -> None:
     """SIGTERM handler: unwind like Ctrl-C, so every process started is stopped."""
     raise KeyboardInterrupt
+
+
+def main_of(run: Callable[[], tuple[dict[str, Any], bool]], log: Callable[[str], None]) -> int:
+    """Run a benchmark and print its JSON document; return the exit status.
+
+    0 when it ran (whether or not a target was met), 1 when it could not run
+    or its load generator saw errors (its numbers do not count), 130 when
+    interrupted (Ctrl-C or SIGTERM).
+    """
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        document, clean = run()
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    print(json.dumps(document, indent=2))
+    if not clean:
+        log("error: the load generator saw errors; these numbers do not count")
+        return 1
+    return 0

@@ -25,8 +25,6 @@ errors (wrong echoes, dropped connections), so its numbers do not count;
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -42,7 +40,7 @@ from _common import (
     choose_pinning,
     ensure_loadgen,
     environment,
-    interrupt,
+    main_of,
     notes_on,
     ratio_of,
     run_loadgen,
@@ -243,20 +241,7 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its JSON document; the exit status."""
     params = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        document, clean = run(params)
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    print(json.dumps(document, indent=2))
-    if not clean:
-        log("error: the load generator saw errors; these numbers do not count")
-        return 1
-    return 0
+    return main_of(lambda: run(params), log)
 
 
 if __name__ == "__main__":
