@@ -30,7 +30,10 @@ async def test_index_is_served_as_html(serve: Serve) -> None:
     status, headers, body = await deferToThread(http_get, port, "/")
     assert status == 200
     assert headers["content-type"].startswith("text/html")
-    assert b"/echo" in body or b"echo.js" in body
+    assert b"app.js" in body  # the chat client
+    status, headers, body = await deferToThread(http_get, port, "/echo.html")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"echo.js" in body  # the echo tester
 
 
 @pytest.mark.parametrize(

@@ -177,7 +177,9 @@ def test_twistd_serves_the_bundled_page_and_echo(twistd: Path, tmp_path: Path) -
     try:
         status, headers, body = http_get(port, "/")
         assert status == 200 and headers["content-type"].startswith("text/html")
-        assert b"echo.js" in body
+        assert b"app.js" in body
+        status, _, body = http_get(port, "/echo.html")
+        assert status == 200 and b"echo.js" in body
         with connect(f"ws://127.0.0.1:{port}/echo", subprotocols=["plain-text"]) as ws:
             ws.send("hello")
             assert ws.recv(timeout=10) == "hello"
