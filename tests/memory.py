@@ -99,6 +99,18 @@ def upgrade_request(
     return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
 
 
+def client_frame(payload: bytes, opcode: int = 0x1, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """One final, masked client frame, its length in the shortest form (RFC 6455 5.2)."""
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 1 << 16:
+        header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 @dataclass
 class Events:
     """What a `RecordingClient` saw."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import subprocess
 from pathlib import Path
+
+from memory import upgrade_request
 
 from chatservice.service import ChatService
 
@@ -32,6 +35,19 @@ def http_get(
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         connection.close()
+
+
+def raw_websocket(port: int, path: str, protocols: list[str] | None = None) -> socket.socket:
+    """A WebSocket opened by hand with a tiny receive buffer: for clients that never read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(upgrade_request(path, protocols))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
 
 
 def start_twistd(twistd: Path, *args: str, cwd: Path) -> tuple[subprocess.Popen[str], int]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import signal
 import socket
 import time
@@ -13,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from net import port_of, start_twistd
+from memory import client_frame
+from net import port_of, raw_websocket, start_twistd
 from twisted.internet.threads import deferToThread
 from websockets.sync.client import ClientConnection, connect
 
@@ -133,26 +132,9 @@ async def test_rate_limit_drops_the_excess_with_an_error(serve: Serve) -> None:
 
 def raw_chat_client(port: int, username: str) -> socket.socket:
     """A client that joins and then never reads: a tiny receive buffer, no reads."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat.v1.json\r\n\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    assert response.startswith(b"HTTP/1.1 101")
+    sock = raw_websocket(port, "/chat", ["chat.v1.json"])
     payload = json.dumps({"type": "chat-join", "payload": {"username": username}}).encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    assert len(payload) < 126  # a one-byte length (RFC 6455 wants the shortest form)
-    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    sock.sendall(client_frame(payload))
     return sock
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from memory import (
     RawClient,
+    client_frame,
     connect_protocol,
     make_test_site,
     upgrade_request,
@@ -51,14 +52,8 @@ def test_no_subprotocol_works_and_binary_echoes_as_binary(site: Site, clock: Clo
     assert client.events.messages == [(payload, True)]
 
 
-def masked_text_frame(payload: bytes) -> bytes:
-    mask = b"\x01\x02\x03\x04"
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
-
-
 def test_frame_sent_right_behind_the_handshake_is_not_lost(site: Site, clock: Clock) -> None:
-    client = RawClient(upgrade_request() + masked_text_frame(b"early bird"))
+    client = RawClient(upgrade_request() + client_frame(b"early bird"))
     connect_protocol(site, client, clock)
     assert client.status == 101
     assert client.received.endswith(b"\x81\x0aearly bird")

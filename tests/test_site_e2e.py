@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from net import http_get, port_of
+from memory import client_frame
+from net import http_get, port_of, raw_websocket
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -293,23 +294,8 @@ async def test_tls_endpoint_serves_wss_next_to_plain_tcp(serve: Serve, tmp_path:
 
 def flood_without_reading(port: int, total: int) -> int:
     """Send binary messages to /echo without ever reading; return bytes sent."""
-    import base64
-    import socket
-
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    assert response.startswith(b"HTTP/1.1 101")
-    # One masked 64 KiB binary frame (the zero mask keeps the payload as is).
-    frame = bytes([0x82, 0x80 | 127]) + (65536).to_bytes(8, "big") + b"\0\0\0\0" + bytes(65536)
+    sock = raw_websocket(port, "/echo")
+    frame = client_frame(bytes(65536), opcode=0x2)
     sock.settimeout(3)
     sent = 0
     try:
