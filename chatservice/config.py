@@ -46,6 +46,9 @@ class Config:
         max_send_buffer: Bytes waiting to be written to a chat connection
             before it is closed as a slow consumer.
         motd: Message of the day, in the chat welcome.
+        admin_token: The HTTP API's bearer token.
+        admin_token_generated: Whether `admin_token` was made up at start
+            (then it is logged once, so the API is never open by accident).
     """
 
     ports: tuple[str, ...] = ("tcp:8080",)
@@ -66,6 +69,8 @@ class Config:
     max_connections_per_address: int = 100
     max_send_buffer: int = 1 * MiB
     motd: str = ""
+    admin_token: str = ""
+    admin_token_generated: bool = False
 
     def __post_init__(self) -> None:
         if not self.ports:

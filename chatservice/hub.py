@@ -75,6 +75,9 @@ class HistoryStore(Protocol):
     ) -> tuple[list[StoredMessage], bool]:
         """Messages after `since_id`, and whether that is all of them."""
 
+    def rooms(self) -> list[str]:
+        """Rooms that have kept messages."""
+
 
 @dataclass(frozen=True)
 class ChatLimits:
@@ -371,26 +374,45 @@ class Hub:
             room=name,
         )
 
-    def _say(self, session: Session, command: Say) -> None:
-        room = self._joined_room(session, command.room, "chat-message")
-        text = command.message.strip()
+    def publish(self, room: str, username: str, message: str) -> Deferred[StoredMessage]:
+        """Say `message` in `room` as `username` (not a connection: the HTTP API).
+
+        Returns:
+            The stored message, once stored and delivered to the room.
+
+        Raises:
+            ProtocolError: ``too-long``, or empty text (``bad-payload``).
+        """
+        text = self._checked_text(message)
         if not text:
-            return
+            raise ProtocolError("bad-payload", "message is empty", "chat-message")
+        return self.history.append(room, username, text, self._now()).addCallback(self._deliver)
+
+    def _checked_text(self, message: str) -> str:
+        text = message.strip()
         if len(text) > self.limits.max_text_length:
             raise ProtocolError(
                 "too-long",
                 f"messages are at most {self.limits.max_text_length} characters",
                 "chat-message",
             )
+        return text
+
+    def _say(self, session: Session, command: Say) -> None:
+        room = self._joined_room(session, command.room, "chat-message")
+        text = self._checked_text(command.message)
+        if not text:
+            return
         assert session.name is not None  # joined, so named
         stored = self.history.append(room, session.name, text, self._now())
         stored.addCallbacks(self._deliver, self._not_stored, errbackArgs=(session,))
 
-    def _deliver(self, message: StoredMessage) -> None:
+    def _deliver(self, message: StoredMessage) -> StoredMessage:
         # Delivered only once stored: a message anybody saw survives a crash.
         room = self.rooms.get(message.room)
         if room is not None:
             self._to_room(room, ("chat-message", message.payload()))
+        return message
 
     def _not_stored(self, failure: Failure, session: Session) -> None:
         _log.failure(

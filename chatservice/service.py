@@ -111,6 +111,12 @@ class ChatService(MultiService):
             raise StartupError(f"cannot listen: {_describe(e)}") from None
 
     def startService(self) -> None:
+        if self.config.admin_token_generated and not self.running:
+            _log.warn(
+                "HTTP API token (made up at start; set --admin-token or "
+                "CHATSERVICE_ADMIN_TOKEN to choose one): {token}",
+                token=self.config.admin_token,
+            )
         self._open_history()
         if self._executor is None:
             # From now on SQLite runs in its own thread, never in the reactor's.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -154,6 +156,13 @@ class Options(usage.Options):
             "SQLite file holding the chat history; ':memory:' keeps nothing.",
         ],
         ["motd", None, "", "Message of the day, sent to every chat client on connect."],
+        [
+            "admin-token",
+            None,
+            None,
+            "Bearer token of the HTTP API (default: $CHATSERVICE_ADMIN_TOKEN, "
+            "else a random one, logged at start).",
+        ],
     ] + [[name, None, str(getattr(_DEFAULTS, field)), help] for name, field, _, _, help in _NUMBERS]
 
     def __init__(self) -> None:
@@ -188,7 +197,13 @@ class Options(usage.Options):
             field: number(name, self[name], kind, minimum)
             for name, field, kind, minimum, _ in _NUMBERS
         }
+        token = self["admin-token"] or os.environ.get("CHATSERVICE_ADMIN_TOKEN", "")
+        generated = not token
+        if generated:
+            token = secrets.token_urlsafe(24)
         self.config = Config(
+            admin_token=token,
+            admin_token_generated=generated,
             ports=tuple(ports),
             static_dir=static,
             log_level=log_level(self["log-level"]),

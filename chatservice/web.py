@@ -15,6 +15,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from chatservice.api import Api, Health
 from chatservice.config import Config
 from chatservice.hub import Hub
 from chatservice.policy import ConnectionLimits
@@ -128,6 +129,12 @@ def make_site(config: Config, hub: Hub, reactor: Any = None) -> Site:
     root = StaticFiles(config.static_dir)
     root.putChild(b"echo", WebSocketEndpoint(echo_factory(config, limits), "/echo"))
     root.putChild(b"chat", WebSocketEndpoint(ChatFactory(config, hub, limits), "/chat"))
+    token = config.admin_token
+    root.putChild(b"broadcast", Api(hub, hub.history, token, "broadcast"))
+    root.putChild(b"api", Api(hub, hub.history, token, "api"))
+    seconds = hub.seconds
+    started = seconds()
+    root.putChild(b"healthz", Health(lambda: limits.open, lambda: seconds() - started))
     # Autobahn's open handshake timeout only starts once twisted.web has read
     # the request headers; until then the HTTP idle timeout is what stops a
     # client that connects and sends nothing (or a header line now and then).

@@ -188,3 +188,35 @@ def test_twistd_serves_the_bundled_page_and_echo(twistd: Path, tmp_path: Path) -
         server.wait(10)
     # twistd re-raises the SIGTERM it stopped on; anything else is a crash.
     assert server.returncode in (0, -signal.SIGTERM)
+
+
+def test_api_token_from_the_environment_or_made_up_and_logged_once(
+    twistd: Path, tmp_path: Path
+) -> None:
+    server, port = start_twistd(twistd, "--database", ":memory:", cwd=tmp_path)
+    try:
+        assert server.stdout is not None
+        log = []
+        for line in server.stdout:
+            log.append(line)
+            if "HTTP API token" in line:
+                break
+        token = log[-1].rsplit(": ", 1)[1].strip()
+        assert len(token) >= 24
+        assert http_get(port, "/api/rooms")[0] == 401
+        assert http_get(port, "/api/rooms", {"Authorization": f"Bearer {token}"})[0] == 200
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert sum("HTTP API token" in line for line in log) == 1
+
+    options = parse()
+    assert options.config.admin_token_generated
+    import os
+
+    os.environ["CHATSERVICE_ADMIN_TOKEN"] = "from-env"
+    try:
+        assert parse().config.admin_token == "from-env"
+        assert parse("--admin-token", "from-option").config.admin_token == "from-option"
+    finally:
+        del os.environ["CHATSERVICE_ADMIN_TOKEN"]

@@ -1,0 +1,222 @@
+"""The HTTP API on the same Site: announcements, room messages, history, health.
+
+JSON in and out; errors are ``{"error": "..."}`` with the right status.  Every
+route but ``/healthz`` needs the admin token (``Authorization: Bearer TOKEN``
+or ``?token=TOKEN``).  Specified in docs/protocol.md ("HTTP API").
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from chatservice.hub import JOIN_HISTORY, HistoryStore, Hub
+from chatservice.messages import ProtocolError, check_room, clean_username
+
+_log = Logger()
+
+#: Largest request body the API reads.
+MAX_BODY = 64 * 1024
+#: Most history messages one request returns.
+MAX_HISTORY_LIMIT = 1000
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(request: Request, status: int, body: object) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def _args(request: Request) -> dict[bytes, list[bytes]]:
+    return request.args or {}
+
+
+def _arg(request: Request, name: str) -> str | None:
+    values = _args(request).get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _int_arg(request: Request, name: str, default: int, maximum: int) -> int:
+    value = _arg(request, name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number") from None
+    if not 0 <= number <= maximum:
+        raise ApiError(400, f"{name} must be between 0 and {maximum}")
+    return number
+
+
+class Api(Resource):
+    """``/broadcast/<message>`` and ``/api/...``: one leaf resource per prefix.
+
+    Args:
+        hub: The chat.
+        history: The message store.
+        token: The admin token.
+        prefix: ``broadcast`` or ``api``: which routes this resource serves.
+    """
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub, history: HistoryStore, token: str, prefix: str) -> None:
+        super().__init__()
+        self.hub = hub
+        self.history = history
+        self._token = token.encode("utf-8")
+        self.prefix = prefix
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            self._authorize(request)
+            result = self._route(request)
+        except ApiError as e:
+            return _json(request, e.status, {"error": e.message})
+        except ProtocolError as e:
+            return _json(request, 400, {"error": e.reason})
+        except Exception:
+            _log.failure("API request {path} failed", path=request.path)
+            return _json(request, 500, {"error": "internal server error"})
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                lambda body: self._finish(request, 201, body),
+                lambda failure: self._failed(request, failure),
+            )
+            return NOT_DONE_YET
+        return _json(request, 200, result)
+
+    def _finish(self, request: Request, status: int, body: object) -> None:
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(_json(request, status, body))
+            request.finish()
+
+    def _failed(self, request: Request, failure: Failure) -> None:
+        _log.failure("API request {path} failed", failure, path=request.path)
+        self._finish(request, 503, {"error": "the message could not be stored; try again"})
+
+    def _authorize(self, request: Request) -> None:
+        header = request.getHeader(b"authorization") or b""
+        given = header[7:].strip() if header[:7].lower() == b"bearer " else None
+        if given is None:
+            query = _args(request).get(b"token")
+            given = query[0] if query else b""
+        if not hmac.compare_digest(given, self._token):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="chatservice"')
+            raise ApiError(401, "missing or wrong token")
+
+    def _route(self, request: Request) -> object:
+        method = request.method
+        parts = [p.decode("utf-8", "replace") for p in request.postpath or []]
+        if parts and parts[-1] == "":
+            parts.pop()
+        if self.prefix == "broadcast":
+            if method not in (b"GET", b"POST") or len(parts) != 1 or not parts[0].strip():
+                raise ApiError(404, "use GET or POST /broadcast/<message>")
+            message = parts[0].strip()
+            return {"message": message, "delivered": self.hub.notice(message)}
+
+        if parts[:1] != ["rooms"]:
+            raise ApiError(404, "no such API route")
+        if len(parts) == 1:
+            self._method(request, b"GET")
+            return {"rooms": self._rooms()}
+        room = check_room(parts[1])
+        what = parts[2:]
+        if what == ["messages"]:
+            self._method(request, b"POST")
+            return self._publish(request, room)
+        if what == ["history"]:
+            self._method(request, b"GET")
+            limit = _int_arg(request, "limit", JOIN_HISTORY, MAX_HISTORY_LIMIT)
+            since = _arg(request, "since")
+            if since:
+                since_id = _int_arg(request, "since", 0, 2**63 - 1)
+                messages, recovered = self.history.since(room, since_id, limit)
+                messages = messages[-limit:] if limit else []
+            else:
+                messages, recovered = self.history.recent(room, limit) if limit else [], False
+            return {
+                "room": room,
+                "messages": [m.payload() for m in messages],
+                "recovered": recovered,
+            }
+        if what == ["users"]:
+            self._method(request, b"GET")
+            live = self.hub.rooms.get(room)
+            return {"room": room, "users": live.usernames() if live else []}
+        raise ApiError(404, "no such API route")
+
+    @staticmethod
+    def _method(request: Request, allowed: bytes) -> None:
+        if request.method != allowed:
+            request.setHeader(b"Allow", allowed)
+            raise ApiError(405, f"use {allowed.decode()}")
+
+    def _rooms(self) -> list[dict[str, Any]]:
+        names = set(self.history.rooms()) | set(self.hub.rooms)
+        return [
+            {
+                "room": name,
+                "members": len(self.hub.rooms[name].sessions) if name in self.hub.rooms else 0,
+            }
+            for name in sorted(names)
+        ]
+
+    def _publish(self, request: Request, room: str) -> Deferred[dict[str, object]]:
+        length = int(request.getHeader(b"content-length") or 0)
+        body = request.content.read(MAX_BODY + 1) if request.content else b""
+        if length > MAX_BODY or len(body) > MAX_BODY:
+            raise ApiError(413, f"the body is over {MAX_BODY} bytes")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ApiError(400, "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, 'the body must be an object {"message": ..., "username": ...}')
+        message, username = data.get("message"), data.get("username", "api")
+        if not isinstance(message, str):
+            raise ApiError(400, "message must be a string")
+        name = clean_username(username)
+        return self.hub.publish(room, name, message).addCallback(lambda stored: stored.payload())
+
+
+class Health(Resource):
+    """``/healthz``: open, for load balancers and monitors."""
+
+    isLeaf = True
+
+    def __init__(self, connections: Callable[[], int], uptime: Callable[[], float]) -> None:
+        super().__init__()
+        self._connections = connections
+        self._uptime = uptime
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(
+            request,
+            200,
+            {
+                "status": "ok",
+                "connections": self._connections(),
+                "uptime": round(self._uptime(), 3),
+            },
+        )
