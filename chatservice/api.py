@@ -209,13 +209,16 @@ class Health(Resource):
         super().__init__()
         self._connections = connections
         self._uptime = uptime
+        #: Set when the service starts shutting down: then 503.
+        self.shutting_down = False
 
     def render_GET(self, request: Request) -> bytes:
+        status, code = ("shutting-down", 503) if self.shutting_down else ("ok", 200)
         return _json(
             request,
-            200,
+            code,
             {
-                "status": "ok",
+                "status": status,
                 "connections": self._connections(),
                 "uptime": round(self._uptime(), 3),
             },

@@ -46,6 +46,8 @@ class Config:
         max_send_buffer: Bytes waiting to be written to a chat connection
             before it is closed as a slow consumer.
         motd: Message of the day, in the chat welcome.
+        shutdown_timeout: Seconds to wait at shutdown for clients to finish
+            their closing handshakes.
         admin_token: The HTTP API's bearer token.
         admin_token_generated: Whether `admin_token` was made up at start
             (then it is logged once, so the API is never open by accident).
@@ -69,6 +71,7 @@ class Config:
     max_connections_per_address: int = 100
     max_send_buffer: int = 1 * MiB
     motd: str = ""
+    shutdown_timeout: float = 5.0
     admin_token: str = ""
     admin_token_generated: bool = False
 

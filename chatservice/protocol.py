@@ -49,6 +49,7 @@ _log = Logger()
 SERVER_NAME = f"chatservice/{__version__}"
 
 #: Close codes (RFC 6455, 7.4.1).
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
@@ -208,6 +209,7 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._opened_at = time.monotonic()
+        self.factory.open_connections.add(self)
         extensions = [e.EXTENSION_NAME for e in self.websocket_extensions_in_use]
         self._slim()
         _log.info(
@@ -247,6 +249,7 @@ class ServerProtocol(WebSocketServerProtocol):
         if self._counted_address is not None:
             self.factory.limits.release(self._counted_address)
             self._counted_address = None
+        self.factory.open_connections.discard(self)
         if self._opened_at is None:
             # The opening handshake never completed; it was logged as denied
             # (or Autobahn logged why it failed).
@@ -329,6 +332,8 @@ class EndpointFactory(WebSocketServerFactory):
     ) -> None:
         super().__init__(server=SERVER_NAME)
         self.limits = limits
+        #: This endpoint's open connections (closed with 1001 at shutdown).
+        self.open_connections: set[ServerProtocol] = set()
         self.origins = OriginPolicy(config.allowed_origins)
         self.log_messages = config.log_level == "debug"
         self.setProtocolOptions(

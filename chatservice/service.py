@@ -13,14 +13,13 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from chatservice.config import Config
 from chatservice.history import History, ThreadExecutor, immediate_executor
 from chatservice.hub import ChatLimits, HistoryStore, Hub
-from chatservice.protocol import SERVER_NAME, prepare_text
-from chatservice.web import make_site
+from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME, prepare_text
+from chatservice.web import ChatSite, make_site
 
 _log = Logger()
 
@@ -95,7 +94,7 @@ class ChatService(MultiService):
         self._history_open = False
         self.history = History(config.database, config.history, self._run_history)
         self.hub = make_hub(config, self.history, reactor.seconds)
-        self.site: Site = make_site(config, self.hub, reactor)
+        self.site: ChatSite = make_site(config, self.hub, reactor)
         self.listening: list[IListeningPort] = []
         for description in config.ports:
             # strports.service raises listen errors from privilegedStartService.
@@ -126,11 +125,58 @@ class ChatService(MultiService):
         super().startService()
 
     def stopService(self) -> Deferred[None]:
-        d: Deferred[None] = defer.maybeDeferred(super().stopService)
+        """Shut down gracefully.
+
+        Stop accepting, send every WebSocket client 1001 "going away", wait for
+        their closing handshakes (at most ``shutdown_timeout``), drop whoever is
+        left, then close the history.
+        """
+        self.site.health.shutting_down = True
+        _log.info("chatservice shutting down")
+        d: Deferred[Any] = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self._close_connections())
         if self._executor is not None:
             d.addBoth(lambda _: self.history.close())
             d.addBoth(lambda _: self._stop_executor())
         return d
+
+    def _close_connections(self) -> Deferred[Any]:
+        connections = [c for f in self.site.websocket_factories for c in f.open_connections]
+        closed = [c.is_closed for c in connections]
+        for connection in connections:
+            connection.close_with(CLOSE_GOING_AWAY, "going away")
+        waiting: Deferred[Any] = defer.DeferredList(closed, consumeErrors=True)
+        timeout = self.config.shutdown_timeout
+        waiting.addTimeout(timeout, self.reactor)
+
+        def timed_out(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            left = [c for c in connections if not c.is_closed.called]
+            _log.info(
+                "{count} clients did not finish closing within {timeout}s; dropping them",
+                count=len(left),
+                timeout=timeout,
+            )
+            for connection in left:
+                connection.dropConnection(abort=True)
+
+        return waiting.addErrback(timed_out)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the reactor gracefully, and twistd exits 0.
+
+        (twistd's own handlers re-raise the signal after shutdown, which ends
+        the process with -15 for systemd and shells.)  Call once the reactor
+        runs: it installs its handlers at start.
+        """
+        import signal
+
+        def stop(signum: int, frame: Any) -> None:
+            _log.info("received {signal}", signal=signal.Signals(signum).name)
+            self.reactor.callFromThread(self.reactor.stop)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
 
     def _open_history(self) -> None:
         """Load the history before any port listens: at start-up, blocking is fine."""

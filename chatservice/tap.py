@@ -124,6 +124,8 @@ _NUMBERS: list[tuple[str, str, type[int] | type[float], float, str]] = [
      "Open WebSocket connections per client address."),
     ("max-send-buffer", "max_send_buffer", int, 1,
      "Bytes waiting to be sent to a chat client before it is closed as a slow consumer."),
+    ("shutdown-timeout", "shutdown_timeout", float, 0,
+     "Seconds to wait at shutdown (SIGTERM, SIGINT) for clients to finish closing."),
 ]  # fmt: skip
 
 
@@ -238,4 +240,8 @@ def makeService(options: Options) -> IService:
     # let it speak below error only when debugging.
     level = options.config.log_level
     txaio.set_global_log_level(level if level in ("debug", "error") else "error")  # type: ignore[attr-defined]
-    return ChatService(options.config)
+    service = ChatService(options.config)
+    from twisted.internet import reactor
+
+    reactor.callWhenRunning(service.install_signal_handlers)
+    return service

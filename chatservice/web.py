@@ -19,7 +19,7 @@ from chatservice.api import Api, Health
 from chatservice.config import Config
 from chatservice.hub import Hub
 from chatservice.policy import ConnectionLimits
-from chatservice.protocol import ChatFactory, echo_factory
+from chatservice.protocol import ChatFactory, EndpointFactory, echo_factory
 
 _NOT_FOUND = notFound()
 
@@ -117,7 +117,7 @@ def _protocol_of(transport: Any) -> Any:
     return transport.protocol
 
 
-def make_site(config: Config, hub: Hub, reactor: Any = None) -> Site:
+def make_site(config: Config, hub: Hub, reactor: Any = None) -> ChatSite:
     """Build the site every port serves.
 
     Args:
@@ -126,18 +126,30 @@ def make_site(config: Config, hub: Hub, reactor: Any = None) -> Site:
         reactor: What HTTP timeouts are scheduled on (the global reactor if None).
     """
     limits = ConnectionLimits(config.max_connections, config.max_connections_per_address)
+    echo = echo_factory(config, limits)
+    chat = ChatFactory(config, hub, limits)
     root = StaticFiles(config.static_dir)
-    root.putChild(b"echo", WebSocketEndpoint(echo_factory(config, limits), "/echo"))
-    root.putChild(b"chat", WebSocketEndpoint(ChatFactory(config, hub, limits), "/chat"))
+    root.putChild(b"echo", WebSocketEndpoint(echo, "/echo"))
+    root.putChild(b"chat", WebSocketEndpoint(chat, "/chat"))
     token = config.admin_token
     root.putChild(b"broadcast", Api(hub, hub.history, token, "broadcast"))
     root.putChild(b"api", Api(hub, hub.history, token, "api"))
     seconds = hub.seconds
     started = seconds()
-    root.putChild(b"healthz", Health(lambda: limits.open, lambda: seconds() - started))
+    health = Health(lambda: limits.open, lambda: seconds() - started)
+    root.putChild(b"healthz", health)
     # Autobahn's open handshake timeout only starts once twisted.web has read
     # the request headers; until then the HTTP idle timeout is what stops a
     # client that connects and sends nothing (or a header line now and then).
-    site = Site(root, timeout=config.open_handshake_timeout or None, reactor=reactor)
+    site = ChatSite(root, timeout=config.open_handshake_timeout or None, reactor=reactor)
     site.displayTracebacks = False
+    site.websocket_factories = (echo, chat)
+    site.health = health
     return site
+
+
+class ChatSite(Site):
+    """The Site, with what the service needs at shutdown."""
+
+    websocket_factories: tuple[EndpointFactory, ...] = ()
+    health: Health
