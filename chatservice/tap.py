@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,13 @@ class Options(usage.Options):
         ],
         ["motd", None, "", "Message of the day, sent to every chat client on connect."],
         [
+            "config",
+            "c",
+            None,
+            "A TOML file with any of these options, keyed by their long names "
+            '(history = 200, port = ["8080"]); the command line wins.',
+        ],
+        [
             "admin-token",
             None,
             None,
@@ -166,6 +174,8 @@ class Options(usage.Options):
             "else a random one, logged at start).",
         ],
     ] + [[name, None, str(getattr(_DEFAULTS, field)), help] for name, field, _, _, help in _NUMBERS]
+
+    _given: set[str] = set()
 
     def __init__(self) -> None:
         super().__init__()
@@ -184,6 +194,9 @@ class Options(usage.Options):
     opt_p = opt_port
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        self._given = self._names_given(options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -192,7 +205,57 @@ class Options(usage.Options):
             sys.stderr.write(f"twistd chatservice: error: {e} (see twistd chatservice --help)\n")
             raise SystemExit(2) from None
 
+    def _names_given(self, arguments: list[str]) -> set[str]:
+        """The long names of the options on the command line."""
+        names = set()
+        for argument in arguments:
+            if argument == "--":
+                break
+            if argument.startswith("--"):
+                name = argument[2:].split("=", 1)[0]
+            elif argument.startswith("-") and len(argument) > 1:
+                name = argument[1]
+            else:
+                continue
+            names.add(self.synonyms.get(name, name))
+        return names
+
+    def _apply_config_file(self, path: str) -> None:
+        """Take every setting of the TOML file the command line did not give.
+
+        Raises:
+            usage.UsageError: The file cannot be read, is not TOML, or has a key
+                that is not an option or a value of the wrong kind.
+        """
+        try:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+        except OSError as e:
+            raise usage.UsageError(f"--config {path!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise usage.UsageError(f"--config {path!r}: not valid TOML: {e}") from None
+        lists = {"port": endpoint_description, "allowed-origin": origin_pattern}
+        scalars = {name for name, *_ in self.optParameters} - {"config"}
+        for key, value in table.items():
+            if key not in lists and key not in scalars:
+                raise usage.UsageError(f"--config {path!r}: unknown key {key!r}")
+            if key in self._given:
+                continue
+            if key in lists:
+                values = [value] if isinstance(value, str | int) else value
+                if not isinstance(values, list) or not all(
+                    isinstance(v, str | int) and not isinstance(v, bool) for v in values
+                ):
+                    raise usage.UsageError(f"--config {path!r}: {key} must be a list of strings")
+                self[key] = [lists[key](str(v)) for v in values]
+            elif isinstance(value, str | int | float) and not isinstance(value, bool):
+                self[key] = str(value)
+            else:
+                raise usage.UsageError(f"--config {path!r}: {key} must be a string or a number")
+
     def postOptions(self) -> None:
+        if self["config"]:
+            self._apply_config_file(self["config"])
         ports = self["port"] or [endpoint_description(DEFAULT_PORT)]
         static = existing_directory(self["static"]) if self["static"] else BUNDLED_STATIC
         numbers = {

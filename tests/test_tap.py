@@ -285,3 +285,57 @@ def test_shutdown_drops_clients_that_do_not_close(twistd: Path, tmp_path: Path) 
             server.kill()
     output = server.stdout.read() if server.stdout else ""
     assert "closing handshake timeout" in output  # dropped, not waited for forever
+
+
+def test_config_file_settings_and_the_command_line_wins(tmp_path: Path) -> None:
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text(
+        'port = ["tcp:9100:interface=127.0.0.1", 9101]\n'
+        "history = 200\n"
+        'motd = "from the file"\n'
+        'allowed-origin = "https://*.example.com"\n'
+        "rate = 2.5\n"
+        f'database = "{tmp_path / "h.sqlite3"}"\n'
+    )
+    config = parse("--config", str(config_file), "--motd", "from the command line").config
+    assert config.ports == ("tcp:9100:interface=127.0.0.1", "tcp:9101")
+    assert config.history == 200 and config.rate == 2.5
+    assert config.motd == "from the command line"
+    assert config.allowed_origins == ("https://*.example.com",)
+    assert config.database == str(tmp_path / "h.sqlite3")
+    # A port on the command line replaces the file's ports.
+    config = parse("-c", str(config_file), "-p", "9200").config
+    assert config.ports == ("tcp:9200",)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("histroy = 5\n", "unknown key 'histroy'"),
+        ("history = [1]\n", "history must be a string or a number"),
+        ("history = -3\n", "--history '-3': must be at least 0"),
+        ("port = [true]\n", "port must be a list of strings"),
+        ('port = ["nope:1"]\n', "Unknown endpoint type"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_bad_config_files_give_one_line(
+    tmp_path: Path, content: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text(content)
+    with pytest.raises(SystemExit):
+        parse("--config", str(config_file))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+
+
+def test_the_shipped_example_config_is_valid_and_shows_the_defaults() -> None:
+    import dataclasses
+
+    example = Path(__file__).resolve().parent.parent / "etc" / "chatservice.toml"
+    from_file = parse("--config", str(example)).config
+    defaults = parse().config
+    assert dataclasses.replace(from_file, admin_token="") == dataclasses.replace(
+        defaults, admin_token=""
+    )
