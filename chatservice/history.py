@@ -28,6 +28,7 @@ import sqlite3
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
@@ -217,6 +218,9 @@ class History:
         self._db: sqlite3.Connection | None = None
         # Only ever used in the thread the Deferreds fire in.
         self._rooms: dict[str, _Room] = {}
+        #: Called with the seconds from each `append` call to its commit
+        #: (only for appends that were stored); e.g. a Histogram's ``observe``.
+        self.observe_append: Callable[[float], object] | None = None
 
     # -- the cache: synchronous reads --------------------------------------
 
@@ -314,7 +318,11 @@ class History:
             database and the cache are then unchanged).
         """
 
+        started = perf_counter()
+
         def stored(result: tuple[StoredMessage, int]) -> StoredMessage:
+            if self.observe_append is not None:
+                self.observe_append(perf_counter() - started)
             msg, pruned_id = result
             cached = self._rooms.get(room)
             if cached is None:

@@ -35,6 +35,7 @@ from chatservice.messages import (
     Typing,
     Who,
 )
+from chatservice.metrics import Counters
 from chatservice.policy import FloodGuard, TokenBucket
 
 _log = Logger()
@@ -162,6 +163,8 @@ class Hub:
         server: The server's name, for the welcome.
         motd: Message of the day, for the welcome.
         limits: What clients are held to.
+        stats: Where deliveries and rate limits are counted (plain ints,
+            for /metrics); a new `Counters` if None.
     """
 
     def __init__(
@@ -172,8 +175,10 @@ class Hub:
         server: str,
         motd: str = "",
         limits: ChatLimits | None = None,
+        stats: Counters | None = None,
     ) -> None:
         self.history = history
+        self.stats = stats if stats is not None else Counters()
         self.seconds = seconds
         self.prepare = prepare
         self.server = server
@@ -225,7 +230,9 @@ class Hub:
         """
         if session.bucket.take():
             return True
+        self.stats.rate_limited += 1
         if session.flood.dropped():
+            self.stats.flood_closes += 1
             _log.info(
                 "conn={conn_id} closed for flooding (over {drops} dropped frames in {window}s)",
                 conn_id=session.member.conn_id,
@@ -465,18 +472,27 @@ class Hub:
         event: Event,
         exclude: Member | None = None,
     ) -> int:
-        """Encode and frame `event` once per dialect; the same frame to every member."""
+        """Encode and frame `event` once per dialect; the same frame to every member.
+
+        Counted once per dialect, not per member: ``n`` deliveries of ``len(data)``.
+        """
         sent = 0
+        sent_bytes = 0
         # Snapshots: a delivery may close a slow member, which leaves its rooms.
         for dialect, members in tuple(groups):
             data = dialect.encode(event)
             if data is None:
                 continue
             frame = self.prepare(data)
+            before = sent
             for member in tuple(members):
                 if member is not exclude:
                     member.deliver(frame)
                     sent += 1
+            sent_bytes += (sent - before) * len(data)
+        stats = self.stats
+        stats.messages_sent += sent
+        stats.bytes_sent += sent_bytes
         return sent
 
     def _now(self) -> str:

@@ -41,6 +41,13 @@ from chatservice.messages import (
     parse_text,
     text_lines,
 )
+from chatservice.metrics import (
+    REJECT_ERROR,
+    REJECT_LIMIT,
+    REJECT_ORIGIN,
+    REJECT_SUBPROTOCOL,
+    Counters,
+)
 from chatservice.policy import ConnectionLimits, OriginPolicy
 
 # Autobahn's protocol classes own `self.log`; ours is module level.
@@ -54,6 +61,13 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
 _OPEN = WebSocketProtocol.STATE_OPEN
+
+#: The `chatservice_handshakes_rejected_total` reason of each refusal we make.
+_REJECT_REASONS = {
+    ConnectionDeny.FORBIDDEN: REJECT_ORIGIN,
+    ConnectionDeny.BAD_REQUEST: REJECT_SUBPROTOCOL,
+    ConnectionDeny.SERVICE_UNAVAILABLE: REJECT_LIMIT,
+}
 
 
 def accept_permessage_deflate(
@@ -153,6 +167,7 @@ class ServerProtocol(WebSocketServerProtocol):
         try:
             return self.negotiate(request)
         except ConnectionDeny as deny:
+            self.factory.stats.rejected[_REJECT_REASONS.get(deny.code, REJECT_ERROR)] += 1
             _log.info(
                 "conn={conn_id} denied peer={peer} path={path}: {code} {reason}",
                 conn_id=self.conn_id,
@@ -163,6 +178,7 @@ class ServerProtocol(WebSocketServerProtocol):
             )
             raise
         except Exception:
+            self.factory.stats.rejected[REJECT_ERROR] += 1
             _log.failure(
                 "conn={conn_id} error while negotiating with peer={peer}",
                 conn_id=self.conn_id,
@@ -210,6 +226,7 @@ class ServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self._opened_at = time.monotonic()
         self.factory.open_connections.add(self)
+        self.factory.stats.accepted += 1
         extensions = [e.EXTENSION_NAME for e in self.websocket_extensions_in_use]
         self._slim()
         _log.info(
@@ -296,6 +313,11 @@ class EchoProtocol(ServerProtocol):
         pass
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # Two int additions: what comes in goes straight back out, so the
+        # sent counts are these (`EndpointFactory.echoes`).
+        stats = self.factory.stats
+        stats.messages_received += 1
+        stats.bytes_received += len(payload)
         if self.factory.log_messages:
             _log.debug(
                 "conn={conn_id} echo binary={binary} size={size} payload={payload!r}",
@@ -322,6 +344,8 @@ class EndpointFactory(WebSocketServerFactory):
     """
 
     _ids: Iterator[int] = itertools.count(1)
+    #: Whether every message received is sent straight back (see `Counters`).
+    echoes = False
 
     def __init__(
         self,
@@ -329,9 +353,12 @@ class EndpointFactory(WebSocketServerFactory):
         protocol: type[ServerProtocol],
         max_message_size: int,
         limits: ConnectionLimits,
+        stats: Counters | None = None,
     ) -> None:
         super().__init__(server=SERVER_NAME)
         self.limits = limits
+        #: Running totals for /metrics: plain ints, read at scrape time.
+        self.stats = stats if stats is not None else Counters()
         #: This endpoint's open connections (closed with 1001 at shutdown).
         self.open_connections: set[ServerProtocol] = set()
         self.origins = OriginPolicy(config.allowed_origins)
@@ -366,7 +393,9 @@ class EndpointFactory(WebSocketServerFactory):
 
 def echo_factory(config: Config, limits: ConnectionLimits) -> EndpointFactory:
     """The factory behind ``/echo``."""
-    return EndpointFactory(config, EchoProtocol, config.echo_max_message_size, limits)
+    factory = EndpointFactory(config, EchoProtocol, config.echo_max_message_size, limits)
+    factory.echoes = True
+    return factory
 
 
 def prepare_text(payload: bytes) -> PreparedMessage:
@@ -416,6 +445,9 @@ class ChatProtocol(ServerProtocol):
         session = self.session
         if session is None:
             return  # closing
+        stats = self.factory.stats
+        stats.messages_received += 1
+        stats.bytes_received += len(payload)
         hub = self.factory.hub
         if isBinary:
             hub.close(self, CLOSE_UNSUPPORTED_DATA, "binary frames are not part of this protocol")
@@ -447,13 +479,21 @@ class ChatProtocol(ServerProtocol):
     def send_event(self, event: Event) -> None:
         if self.state != _OPEN:
             return
+        stats = self.factory.stats
         if self.dialect is JSON:
-            self.sendMessage(encode_json(event))
+            data = encode_json(event)
+            self.sendMessage(data)
+            stats.messages_sent += 1
+            stats.bytes_sent += len(data)
         else:
             for line in text_lines(event):
-                self.sendMessage(line.encode("utf-8"))
+                data = line.encode("utf-8")
+                self.sendMessage(data)
+                stats.messages_sent += 1
+                stats.bytes_sent += len(data)
 
     def deliver(self, frame: Any) -> None:
+        # Counted by the hub, once per broadcast (not here, per member).
         if self.state != _OPEN:
             return
         if self._perMessageCompress is None:
@@ -487,6 +527,7 @@ class ChatProtocol(ServerProtocol):
         self._paused = False
 
     def _slow_consumer(self) -> None:
+        self.factory.stats.slow_consumer_drops += 1
         _log.info(
             "conn={conn_id} closed as a slow consumer: over {limit} bytes unsent",
             conn_id=self.conn_id,
@@ -509,6 +550,9 @@ class ChatFactory(EndpointFactory):
     """The factory behind ``/chat``: holds the hub its connections talk to."""
 
     def __init__(self, config: Config, hub: Hub, limits: ConnectionLimits) -> None:
-        super().__init__(config, ChatProtocol, config.chat_max_message_size, limits)
+        # One set of totals with the hub, which counts broadcasts and rate limits.
+        super().__init__(
+            config, ChatProtocol, config.chat_max_message_size, limits, stats=hub.stats
+        )
         self.hub = hub
         self.max_send_buffer = config.max_send_buffer

@@ -9,6 +9,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
+from prometheus_client import CollectorRegistry
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import static
 from twisted.web.pages import notFound
@@ -17,7 +18,9 @@ from twisted.web.server import Request, Site
 
 from chatservice.api import Api, Health
 from chatservice.config import Config
+from chatservice.history import History
 from chatservice.hub import Hub
+from chatservice.metrics import Metrics, MetricsPage
 from chatservice.policy import ConnectionLimits
 from chatservice.protocol import ChatFactory, EndpointFactory, echo_factory
 
@@ -117,13 +120,18 @@ def _protocol_of(transport: Any) -> Any:
     return transport.protocol
 
 
-def make_site(config: Config, hub: Hub, reactor: Any = None) -> ChatSite:
+def make_site(
+    config: Config, hub: Hub, reactor: Any = None, metrics_registry: CollectorRegistry | None = None
+) -> ChatSite:
     """Build the site every port serves.
 
     Args:
         config: The service's settings.
         hub: The chat's rooms and connections.
         reactor: What HTTP timeouts are scheduled on (the global reactor if None).
+        metrics_registry: Where /metrics registers this site's metrics (a new
+            registry of its own if None; never the process-wide default, so
+            several services can live in one process).
     """
     limits = ConnectionLimits(config.max_connections, config.max_connections_per_address)
     echo = echo_factory(config, limits)
@@ -138,6 +146,10 @@ def make_site(config: Config, hub: Hub, reactor: Any = None) -> ChatSite:
     started = seconds()
     health = Health(lambda: limits.open, lambda: seconds() - started)
     root.putChild(b"healthz", health)
+    metrics = Metrics((("echo", echo), ("chat", chat)), metrics_registry)
+    if isinstance(hub.history, History):
+        hub.history.observe_append = metrics.history_append.observe
+    root.putChild(b"metrics", MetricsPage(metrics.registry))
     # Autobahn's open handshake timeout only starts once twisted.web has read
     # the request headers; until then the HTTP idle timeout is what stops a
     # client that connects and sends nothing (or a header line now and then).
@@ -145,6 +157,7 @@ def make_site(config: Config, hub: Hub, reactor: Any = None) -> ChatSite:
     site.displayTracebacks = False
     site.websocket_factories = (echo, chat)
     site.health = health
+    site.metrics = metrics
     return site
 
 
@@ -153,3 +166,4 @@ class ChatSite(Site):
 
     websocket_factories: tuple[EndpointFactory, ...] = ()
     health: Health
+    metrics: Metrics

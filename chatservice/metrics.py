@@ -1,0 +1,201 @@
+"""Prometheus metrics, served at ``GET /metrics`` (docs/protocol.md, "HTTP API").
+
+Every service has its own `CollectorRegistry` (tests run several services in
+one process).  The per-message counts are plain ints in `Counters`, bumped in
+the reactor thread (no lock, no label lookup: ``/echo`` throughput and chat
+fan-out must not pay for metrics) and read only when ``/metrics`` is scraped,
+by `EndpointCollector`.  Only the history latency is a real `Histogram`: one
+observation per stored chat message, never per delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sized
+from typing import Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+#: Why a WebSocket handshake was refused: a small fixed set (label values).
+REJECT_ORIGIN = "origin"
+REJECT_SUBPROTOCOL = "subprotocol"
+REJECT_LIMIT = "limit"
+REJECT_ERROR = "error"
+REJECT_REASONS = (REJECT_ORIGIN, REJECT_SUBPROTOCOL, REJECT_LIMIT, REJECT_ERROR)
+
+#: Buckets of the history append latency, in seconds (a commit is ~0.1-10 ms).
+HISTORY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Counters:
+    """One endpoint's running totals: plain ints, only touched in the reactor thread.
+
+    Bytes are message payloads as the application sees them (after
+    decompression, without WebSocket framing).
+    """
+
+    __slots__ = (
+        "accepted",
+        "bytes_received",
+        "bytes_sent",
+        "flood_closes",
+        "messages_received",
+        "messages_sent",
+        "rate_limited",
+        "rejected",
+        "slow_consumer_drops",
+    )
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.messages_received = 0
+        self.messages_sent = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        #: Refused handshakes by reason (one of `REJECT_REASONS`).
+        self.rejected = dict.fromkeys(REJECT_REASONS, 0)
+        # Chat only.
+        self.rate_limited = 0
+        self.flood_closes = 0
+        self.slow_consumer_drops = 0
+
+
+class Endpoint(Protocol):
+    """What the collector reads of a WebSocket factory."""
+
+    @property
+    def stats(self) -> Counters: ...
+
+    @property
+    def open_connections(self) -> Sized: ...
+
+    @property
+    def echoes(self) -> bool:
+        """Whether every message received is sent straight back (``/echo``):
+        then only the received counts are kept, and the sent ones equal them."""
+        ...
+
+
+class EndpointCollector(Collector):
+    """Turns the endpoints' `Counters` into metric families, at scrape time.
+
+    Args:
+        endpoints: ``(label, factory)`` pairs, e.g. ``("echo", echo_factory)``.
+        chat: The label of the endpoint whose chat-only counters are exported.
+    """
+
+    def __init__(self, endpoints: Iterable[tuple[str, Endpoint]], chat: str = "chat") -> None:
+        self._endpoints = tuple(endpoints)
+        self._chat = chat
+
+    def collect(self) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily(
+            "chatservice_connections", "Open WebSocket connections.", labels=["endpoint"]
+        )
+        accepted = CounterMetricFamily(
+            "chatservice_connections",
+            "WebSocket connections accepted (opening handshake completed).",
+            labels=["endpoint"],
+        )
+        rejected = CounterMetricFamily(
+            "chatservice_handshakes_rejected",
+            "WebSocket opening handshakes refused by chatservice, by reason: origin (403), "
+            "subprotocol (400), limit (503 over the connection limits), error (500).",
+            labels=["endpoint", "reason"],
+        )
+        received = CounterMetricFamily(
+            "chatservice_messages_received", "WebSocket messages received.", labels=["endpoint"]
+        )
+        sent = CounterMetricFamily(
+            "chatservice_messages_sent",
+            "WebSocket messages sent; a chat broadcast counts once per member it reached.",
+            labels=["endpoint"],
+        )
+        bytes_received = CounterMetricFamily(
+            "chatservice_bytes_received",
+            "Payload bytes of the WebSocket messages received "
+            "(after decompression, without framing).",
+            labels=["endpoint"],
+        )
+        bytes_sent = CounterMetricFamily(
+            "chatservice_bytes_sent",
+            "Payload bytes of the WebSocket messages sent "
+            "(before compression, without framing; a broadcast counts once per member).",
+            labels=["endpoint"],
+        )
+        for name, endpoint in self._endpoints:
+            stats = endpoint.stats
+            open_now.add_metric([name], len(endpoint.open_connections))
+            accepted.add_metric([name], stats.accepted)
+            for reason, count in stats.rejected.items():
+                rejected.add_metric([name, reason], count)
+            received.add_metric([name], stats.messages_received)
+            bytes_received.add_metric([name], stats.bytes_received)
+            if endpoint.echoes:
+                sent.add_metric([name], stats.messages_received)
+                bytes_sent.add_metric([name], stats.bytes_received)
+            else:
+                sent.add_metric([name], stats.messages_sent)
+                bytes_sent.add_metric([name], stats.bytes_sent)
+        yield from (open_now, accepted, rejected, received, sent, bytes_received, bytes_sent)
+
+        chat = dict(self._endpoints).get(self._chat)
+        if chat is None:
+            return
+        stats = chat.stats
+        yield CounterMetricFamily(
+            "chatservice_slow_consumer_drops",
+            "Chat connections closed (1008) for not reading: over --max-send-buffer unsent.",
+            value=stats.slow_consumer_drops,
+        )
+        yield CounterMetricFamily(
+            "chatservice_rate_limited",
+            "Chat frames dropped over the rate limit (answered with rate-limited).",
+            value=stats.rate_limited,
+        )
+        yield CounterMetricFamily(
+            "chatservice_flood_closes",
+            "Chat connections closed (1008) for flooding: too many rate-limited frames.",
+            value=stats.flood_closes,
+        )
+
+
+class Metrics:
+    """The metrics of one service, in their own registry.
+
+    Args:
+        endpoints: ``(label, factory)`` pairs of the WebSocket endpoints.
+        registry: Where to register (a new registry if None).
+    """
+
+    def __init__(
+        self,
+        endpoints: Iterable[tuple[str, Endpoint]],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(EndpointCollector(endpoints))
+        self.history_append = Histogram(
+            "chatservice_history_append_seconds",
+            "Time from a history append to its commit (the message is durable), in seconds.",
+            buckets=HISTORY_BUCKETS,
+            registry=self.registry,
+        )
+
+
+class MetricsPage(Resource):
+    """``GET /metrics``: the registry in Prometheus text format; open, like /healthz."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return generate_latest(self._registry)
