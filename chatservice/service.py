@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -19,6 +20,7 @@ from chatservice.config import Config
 from chatservice.history import History, ThreadExecutor, immediate_executor
 from chatservice.hub import ChatLimits, HistoryStore, Hub
 from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME, prepare_text
+from chatservice.systemd import Notifier
 from chatservice.web import ChatSite, make_site
 
 _log = Logger()
@@ -92,6 +94,8 @@ class ChatService(MultiService):
         self.reactor = reactor
         self._executor: ThreadExecutor | None = None
         self._history_open = False
+        self.notifier = Notifier()
+        self._watchdog: LoopingCall | None = None
         self.history = History(config.database, config.history, self._run_history)
         self.hub = make_hub(config, self.history, reactor.seconds)
         self.site: ChatSite = make_site(config, self.hub, reactor)
@@ -123,6 +127,19 @@ class ChatService(MultiService):
             # listen from exiting.)
             self._executor = ThreadExecutor(self.reactor)
         super().startService()
+        # Listening (twistd binds in privilegedStartService), the history
+        # loaded, and (once the reactor runs) our signal handlers in place:
+        # ready, for systemd's Type=notify.
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        if not self.running:
+            return
+        self.notifier.notify(f"READY=1\nSTATUS=listening on {len(self.listening)} port(s)")
+        if self.notifier.watchdog_interval:
+            self._watchdog = LoopingCall(self.notifier.notify, "WATCHDOG=1")
+            self._watchdog.clock = self.reactor
+            self._watchdog.start(self.notifier.watchdog_interval)
 
     def stopService(self) -> Deferred[None]:
         """Shut down gracefully.
@@ -133,6 +150,9 @@ class ChatService(MultiService):
         """
         self.site.health.shutting_down = True
         _log.info("chatservice shutting down")
+        self.notifier.notify("STOPPING=1")
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         d: Deferred[Any] = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self._close_connections())
         if self._executor is not None:
