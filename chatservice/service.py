@@ -44,9 +44,12 @@ class _AnnouncingEndpoint:
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         def announce(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
+            address = port.getHost()
             _log.info(
                 "chatservice listening on {address} (from {description!r})",
-                address=port.getHost(),
+                address=str(address),
+                host=getattr(address, "host", None),
+                port=getattr(address, "port", None),
                 description=self._description,
             )
             return port

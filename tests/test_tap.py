@@ -339,3 +339,35 @@ def test_the_shipped_example_config_is_valid_and_shows_the_defaults() -> None:
     assert dataclasses.replace(from_file, admin_token="") == dataclasses.replace(
         defaults, admin_token=""
     )
+
+
+def test_json_log_lines_with_structured_fields(twistd: Path, tmp_path: Path) -> None:
+    import json as json_module
+
+    server = subprocess.Popen(
+        [str(twistd), "--logger", "chatservice.logs.json_lines", "-n", "--pidfile=",
+         "chatservice", "--database", ":memory:", "--port", "tcp:0:interface=127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    events = []
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            events.append(json_module.loads(line))
+            if "chatservice listening" in events[-1].get("log_format", ""):
+                break
+        port = events[-1]["port"]
+        assert events[-1]["host"] == "127.0.0.1"
+        with connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            ws.send("x")
+            ws.recv(timeout=10)
+        for line in server.stdout:
+            events.append(json_module.loads(line))
+            if "closed" in events[-1].get("log_format", ""):
+                break
+    finally:
+        server.terminate()
+        server.wait(10)
+    opened = [e for e in events if e.get("log_namespace") == "chatservice.protocol"]
+    assert opened[0]["path"] == "/echo" and opened[0]["conn_id"] >= 1
+    assert opened[-1]["code"] == 1000 and opened[-1]["conn_id"] == opened[0]["conn_id"]
