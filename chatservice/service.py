@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from zope.interface import implementer
 from chatservice.config import Config
 from chatservice.history import History, ThreadExecutor, immediate_executor
 from chatservice.hub import ChatLimits, HistoryStore, Hub
+from chatservice.policy import OriginPolicy
 from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME, prepare_text
 from chatservice.systemd import Notifier
 from chatservice.web import ChatSite, make_site
@@ -200,6 +202,45 @@ class ChatService(MultiService):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if self.reload_config is not None:
+            reload_config = self.reload_config
+
+            def reload(signum: int, frame: Any) -> None:
+                self.reactor.callFromThread(self._reload, reload_config)
+
+            signal.signal(signal.SIGHUP, reload)
+
+    #: Reads the configuration again (the command line and ``--config`` file);
+    #: set by ``tap`` to enable SIGHUP.  Returns None when it is not valid.
+    reload_config: Callable[[], Config | None] | None = None
+
+    #: What SIGHUP changes in a running service; the rest needs a restart.
+    RELOADABLE = ("motd", "allowed_origins", "log_level")
+
+    def _reload(self, read: Callable[[], Config | None]) -> None:
+        new = read()
+        if new is None:
+            _log.warn("SIGHUP: the configuration is not valid; nothing changed")
+            return
+        old = self.config
+        changed = [f for f in self.RELOADABLE if getattr(new, f) != getattr(old, f)]
+        ignored = [
+            f
+            for f in dataclasses.asdict(new)
+            if f not in self.RELOADABLE
+            and f not in ("admin_token", "admin_token_generated")
+            and getattr(new, f) != getattr(old, f)
+        ]
+        self.hub.motd = new.motd
+        for factory in self.site.websocket_factories:
+            factory.origins = OriginPolicy(new.allowed_origins)
+            factory.log_messages = new.log_level == "debug"
+        self.config = dataclasses.replace(old, **{f: getattr(new, f) for f in self.RELOADABLE})
+        _log.info(
+            "SIGHUP: reloaded {changed}; needs a restart to change: {ignored}",
+            changed=", ".join(changed) or "nothing changed",
+            ignored=", ".join(ignored) or "nothing",
+        )
 
     def _open_history(self) -> None:
         """Load the history before any port listens: at start-up, blocking is fine."""

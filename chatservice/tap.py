@@ -196,6 +196,7 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         if options is None:
             options = sys.argv[1:]
+        self.arguments = list(options)
         self._given = self._names_given(options)
         try:
             super().parseOptions(options)
@@ -304,6 +305,17 @@ def makeService(options: Options) -> IService:
     level = options.config.log_level
     txaio.set_global_log_level(level if level in ("debug", "error") else "error")  # type: ignore[attr-defined]
     service = ChatService(options.config)
+    arguments = list(options.arguments)
+
+    def reload_config() -> Config | None:
+        again = Options()
+        try:
+            again.parseOptions(arguments)
+        except SystemExit:  # the one-line error is already on stderr
+            return None
+        return again.config
+
+    service.reload_config = reload_config
     from twisted.internet import reactor
 
     reactor.callWhenRunning(service.install_signal_handlers)

@@ -371,3 +371,49 @@ def test_json_log_lines_with_structured_fields(twistd: Path, tmp_path: Path) -> 
     opened = [e for e in events if e.get("log_namespace") == "chatservice.protocol"]
     assert opened[0]["path"] == "/echo" and opened[0]["conn_id"] >= 1
     assert opened[-1]["code"] == 1000 and opened[-1]["conn_id"] == opened[0]["conn_id"]
+
+
+def test_sighup_reloads_motd_origins_and_log_level(twistd: Path, tmp_path: Path) -> None:
+    import time
+
+    from websockets.exceptions import InvalidStatus
+
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text('motd = "first"\n')
+    server, port = start_twistd(
+        twistd, "--config", str(config_file), "--database", ":memory:", cwd=tmp_path
+    )
+    url = f"ws://127.0.0.1:{port}/chat"
+    origin = "https://app.example.com"
+
+    def welcome() -> str:
+        with connect(url) as ws:
+            return str(ws.recv(timeout=10))
+
+    def origin_status() -> int:
+        try:
+            with connect(url, origin=origin):  # type: ignore[arg-type]
+                return 101
+        except InvalidStatus as refused:
+            return int(refused.response.status_code)
+
+    try:
+        assert welcome().endswith("first")
+        assert origin_status() == 403
+        config_file.write_text(f'motd = "second"\nallowed-origin = ["{origin}"]\nhistory = 5\n')
+        server.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not welcome().endswith("second"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert origin_status() == 101
+        config_file.write_text("motd = [not toml")
+        server.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert welcome().endswith("second")  # a broken file changes nothing
+    finally:
+        server.terminate()
+        server.wait(10)
+    output = server.stdout.read() if server.stdout else ""
+    assert "SIGHUP: reloaded motd, allowed_origins; needs a restart to change: history" in output
+    assert "SIGHUP: the configuration is not valid; nothing changed" in output
