@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from chatservice.config import Config
@@ -202,13 +203,17 @@ class ChatService(MultiService):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        if self.reload_config is not None:
-            reload_config = self.reload_config
+        log_file = _twistd_log_file(signal.getsignal(signal.SIGUSR1))
+        reload_config = self.reload_config
 
-            def reload(signum: int, frame: Any) -> None:
+        def reload(signum: int, frame: Any) -> None:
+            if log_file is not None:
+                # After logrotate moved it: write to a new file at the same path.
+                self.reactor.callFromThread(log_file.reopen)
+            if reload_config is not None:
                 self.reactor.callFromThread(self._reload, reload_config)
 
-            signal.signal(signal.SIGHUP, reload)
+        signal.signal(signal.SIGHUP, reload)
 
     #: Reads the configuration again (the command line and ``--config`` file);
     #: set by ``tap`` to enable SIGHUP.  Returns None when it is not valid.
@@ -262,6 +267,19 @@ class ChatService(MultiService):
     def _stop_executor(self) -> None:
         if self._executor is not None:
             self._executor.stop()
+
+
+def _twistd_log_file(usr1_handler: Any) -> LogFile | None:
+    """The `LogFile` of twistd's ``--logfile``, if there is one.
+
+    twistd keeps it only in the closure of the SIGUSR1 handler it installs
+    to rotate it; that handler is where we find it, to reopen it on SIGHUP.
+    """
+    for cell in getattr(usr1_handler, "__closure__", None) or ():
+        contents = cell.cell_contents
+        if isinstance(contents, LogFile):
+            return contents
+    return None
 
 
 class StartupError(Exception):

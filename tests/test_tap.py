@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -417,3 +418,36 @@ def test_sighup_reloads_motd_origins_and_log_level(twistd: Path, tmp_path: Path)
     output = server.stdout.read() if server.stdout else ""
     assert "SIGHUP: reloaded motd, allowed_origins; needs a restart to change: history" in output
     assert "SIGHUP: the configuration is not valid; nothing changed" in output
+
+
+def test_sighup_reopens_the_log_file_after_logrotate_moved_it(twistd: Path, tmp_path: Path) -> None:
+    import time
+
+    log = tmp_path / "chatservice.log"
+    server = subprocess.Popen(
+        [str(twistd), "-n", "--pidfile=", "--logfile", str(log), "chatservice",
+         "--database", ":memory:", "--port", "tcp:0:interface=127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while "chatservice listening" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        port = int(re.findall(r"port=(\d+)", log.read_text())[0])
+        time.sleep(0.3)  # READY: our signal handlers are in place
+        log.rename(tmp_path / "chatservice.log.1")
+        server.send_signal(signal.SIGHUP)
+        while not log.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            ws.send("x")
+            ws.recv(timeout=10)
+        while "conn=1 open" not in log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert "conn=1 open" not in (tmp_path / "chatservice.log.1").read_text()
