@@ -157,3 +157,30 @@ async def test_healthz_is_open_and_counts_connections(port: int) -> None:
     assert status == 200
     assert before["status"] == "ok" and before["connections"] == 0 and before["uptime"] >= 0
     assert during["connections"] == 1
+
+
+def test_healthz_is_503_once_shutting_down() -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from chatservice.api import Health
+
+    health = Health(lambda: 3, lambda: 12.5)
+    request = DummyRequest([b""])
+    assert json.loads(health.render_GET(request))["status"] == "ok"
+    assert request.responseCode == 200
+    health.shutting_down = True
+    request = DummyRequest([b""])
+    body = json.loads(health.render_GET(request))
+    assert request.responseCode == 503
+    assert body == {"status": "shutting-down", "connections": 3, "uptime": 12.5}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_service_turns_healthz_to_503() -> None:
+    from chatservice.config import Config
+
+    service = ChatService(Config(ports=("tcp:0:interface=127.0.0.1",), database=":memory:"))
+    service.startService()
+    assert not service.site.health.shutting_down
+    await service.stopService()
+    assert service.site.health.shutting_down
