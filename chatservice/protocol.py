@@ -111,19 +111,8 @@ class ServerProtocol(WebSocketServerProtocol):
     _path = ""
     _counted_address: str | None = None
 
-    # What only the opening handshake needs; dropped once open (see `_slim`).
-    http_headers: Any = None
-    http_request_data: Any = None
-    http_response_data: Any = None
-    http_status_line: Any = None
-    http_request_params: Any = None
-    http_request_uri: Any = None
-    http_request_path: Any = None
-    http_request_host: Any = None
-    websocket_protocols: Any = None
-    websocket_extensions: Any = None
-    websocket_origin: Any = None
-    _wskey: Any = None
+    #: What only the opening handshake needs; dropped once open (see `_slim`),
+    #: with None left as a class-level default (set below the class).
     _HANDSHAKE_ONLY = (
         "http_headers",
         "http_request_data",
@@ -287,6 +276,10 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def closed(self) -> None:
         """Called once when an open connection has closed; subclasses may override."""
+
+
+for _name in ServerProtocol._HANDSHAKE_ONLY:
+    setattr(ServerProtocol, _name, None)
 
 
 @implementer(IPushProducer)

@@ -144,7 +144,10 @@ def make_site(
     root.putChild(b"api", Api(hub, hub.history, token, "api"))
     seconds = hub.seconds
     started = seconds()
-    health = Health(lambda: limits.open, lambda: seconds() - started)
+    health = Health(
+        lambda: len(echo.open_connections) + len(chat.open_connections),
+        lambda: seconds() - started,
+    )
     root.putChild(b"healthz", health)
     metrics = Metrics((("echo", echo), ("chat", chat)), metrics_registry)
     if isinstance(hub.history, History):
