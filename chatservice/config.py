@@ -45,6 +45,9 @@ class Config:
         max_connections_per_address: Open WebSocket connections per client address.
         max_send_buffer: Bytes waiting to be written to a chat connection
             before it is closed as a slow consumer.
+        chat_compression: Whether ``/chat`` accepts permessage-deflate (then
+            every room message is compressed once, for every member that
+            negotiated it); ``/echo`` always does.
         motd: Message of the day, in the chat welcome.
         shutdown_timeout: Seconds to wait at shutdown for clients to finish
             their closing handshakes.
@@ -70,6 +73,7 @@ class Config:
     max_connections: int = 10000
     max_connections_per_address: int = 100
     max_send_buffer: int = 1 * MiB
+    chat_compression: bool = True
     motd: str = ""
     shutdown_timeout: float = 5.0
     admin_token: str = ""

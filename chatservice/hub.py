@@ -159,7 +159,7 @@ class Hub:
         history: The message store.
         seconds: The clock.
         prepare: Frames an encoded event once for many connections
-            (Autobahn's ``prepareMessage``; identity in tests).
+            (`chatservice.frames.TextFrame`; identity in tests).
         server: The server's name, for the welcome.
         motd: Message of the day, for the welcome.
         limits: What clients are held to.

@@ -11,15 +11,16 @@ from __future__ import annotations
 import itertools
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import (
+    PerMessageDeflate,
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -27,6 +28,7 @@ from zope.interface import implementer
 
 from chatservice import __version__
 from chatservice.config import Config
+from chatservice.frames import TextFrame
 from chatservice.hub import Hub, Session
 from chatservice.messages import (
     DEFAULT_ROOM,
@@ -73,7 +75,7 @@ _REJECT_REASONS = {
 def accept_permessage_deflate(
     offers: Sequence[Any],
 ) -> PerMessageDeflateOfferAccept | None:
-    """Accept the client's first permessage-deflate offer, as offered.
+    """Accept the client's first permessage-deflate offer, as offered (``/echo``).
 
     Args:
         offers: The extension offers parsed from the client's handshake.
@@ -85,6 +87,43 @@ def accept_permessage_deflate(
     for offer in offers:
         if isinstance(offer, PerMessageDeflateOffer):
             return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
+class _NoServerContextAccept(PerMessageDeflateOfferAccept):
+    """An acceptance that says ``server_no_context_takeover`` even when not asked.
+
+    (Autobahn applies ``no_context_takeover=True`` but names it in the response
+    only when the client asked for it; RFC 7692 7.1.1.1 lets the server say it
+    anyway, and the client may then drop its context.)
+    """
+
+    def get_extension_string(self) -> str:
+        extension: str = super().get_extension_string()
+        if not self.offer.request_no_context_takeover:
+            extension += "; server_no_context_takeover"
+        return extension
+
+
+def accept_shared_deflate(
+    offers: Sequence[Any],
+) -> PerMessageDeflateOfferAccept | None:
+    """Accept the first permessage-deflate offer without server context takeover (``/chat``).
+
+    Every message the server sends is then compressed on its own, so one
+    compressed frame serves every member (`chatservice.frames`).  What the
+    client compresses is received as it offered (with context takeover unless
+    it said otherwise), and the server's window is the one it asked for (15
+    if none).
+    """
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return _NoServerContextAccept(offer, no_context_takeover=True)
+    return None
+
+
+def refuse_compression(offers: Sequence[Any]) -> None:
+    """Accept no compression offer (``--chat-compression off``)."""
     return None
 
 
@@ -334,6 +373,9 @@ class EndpointFactory(WebSocketServerFactory):
         config: The service's settings.
         protocol: The protocol class of this endpoint.
         max_message_size: Largest message accepted, after decompression.
+        limits: The connection limits, shared by every endpoint.
+        stats: Where this endpoint's totals are counted (a new `Counters` if None).
+        accept_compression: Picks the compression offer to accept, if any.
     """
 
     _ids: Iterator[int] = itertools.count(1)
@@ -347,6 +389,9 @@ class EndpointFactory(WebSocketServerFactory):
         max_message_size: int,
         limits: ConnectionLimits,
         stats: Counters | None = None,
+        accept_compression: Callable[
+            [Sequence[Any]], PerMessageDeflateOfferAccept | None
+        ] = accept_permessage_deflate,
     ) -> None:
         super().__init__(server=SERVER_NAME)
         self.limits = limits
@@ -363,7 +408,7 @@ class EndpointFactory(WebSocketServerFactory):
             failByDrop=False,
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
-            perMessageCompressionAccept=accept_permessage_deflate,
+            perMessageCompressionAccept=accept_compression,
             openHandshakeTimeout=config.open_handshake_timeout,
             autoPingInterval=config.auto_ping_interval,
             autoPingTimeout=config.auto_ping_timeout,
@@ -391,14 +436,6 @@ def echo_factory(config: Config, limits: ConnectionLimits) -> EndpointFactory:
     return factory
 
 
-def prepare_text(payload: bytes) -> PreparedMessage:
-    """Frame a text message once, for any number of our connections.
-
-    What ``WebSocketServerFactory.prepareMessage`` does, without a factory.
-    """
-    return PreparedMessage(payload, False, False, False)
-
-
 JSON_SUBPROTOCOLS = ("chat.v1.json", "beej-chat-protocol")
 TEXT_SUBPROTOCOL = "plain-text"
 
@@ -411,6 +448,11 @@ class ChatProtocol(ServerProtocol):
     its buffer (64 KiB) waits to be written, and from then on what the hub
     delivers is counted; past ``max_send_buffer`` the connection is closed as a
     slow consumer instead of buffering without bound.
+
+    Everything it sends is a `TextFrame` written straight to the transport:
+    the one frame the hub prepared for the whole room, or for a connection
+    that negotiated permessage-deflate, that frame's compressed form, also
+    made once for the room (never Autobahn's per-connection compressor).
     """
 
     factory: ChatFactory
@@ -421,6 +463,8 @@ class ChatProtocol(ServerProtocol):
     session: Session | None = None
     _paused = False
     _unsent = 0
+    #: The server window (9-15) of a connection with permessage-deflate; 0 without.
+    _deflate_bits = 0
 
     def negotiate(self, request: ConnectionRequest) -> str | None:
         chosen = super().negotiate(request)
@@ -429,6 +473,9 @@ class ChatProtocol(ServerProtocol):
 
     def opened(self) -> None:
         self.become_producer()
+        deflate = self._perMessageCompress
+        if isinstance(deflate, PerMessageDeflate) and deflate.server_no_context_takeover:
+            self._deflate_bits = deflate.server_max_window_bits
         hub = self.factory.hub
         self.session = hub.connect(self)
         if self.dialect is TEXT:
@@ -474,29 +521,23 @@ class ChatProtocol(ServerProtocol):
             return
         stats = self.factory.stats
         if self.dialect is JSON:
-            data = encode_json(event)
-            self.sendMessage(data)
+            payloads = [encode_json(event)]
+        else:
+            payloads = [line.encode("utf-8") for line in text_lines(event)]
+        for data in payloads:
+            self.deliver(TextFrame(data))
             stats.messages_sent += 1
             stats.bytes_sent += len(data)
-        else:
-            for line in text_lines(event):
-                data = line.encode("utf-8")
-                self.sendMessage(data)
-                stats.messages_sent += 1
-                stats.bytes_sent += len(data)
 
-    def deliver(self, frame: Any) -> None:
+    def deliver(self, frame: TextFrame) -> None:
         # Counted by the hub, once per broadcast (not here, per member).
         if self.state != _OPEN:
             return
-        if self._perMessageCompress is None:
-            # The frame as prepared once for everybody, straight to the
-            # transport (Autobahn's sendData adds only logging and stats).
-            data = frame.payloadHybi
-            self.transport.write(data)  # type: ignore[union-attr]
-        else:
-            data = frame.payload
-            self.sendMessage(data, frame.binary)
+        # The frame as prepared once for everybody, straight to the transport
+        # (Autobahn's sendData adds only logging and stats).
+        bits = self._deflate_bits
+        data = frame.deflated(bits) if bits else frame.plain
+        self.transport.write(data)  # type: ignore[union-attr]
         if self._paused:
             self._unsent += len(data)
             if self._unsent > self.factory.max_send_buffer:
@@ -545,7 +586,14 @@ class ChatFactory(EndpointFactory):
     def __init__(self, config: Config, hub: Hub, limits: ConnectionLimits) -> None:
         # One set of totals with the hub, which counts broadcasts and rate limits.
         super().__init__(
-            config, ChatProtocol, config.chat_max_message_size, limits, stats=hub.stats
+            config,
+            ChatProtocol,
+            config.chat_max_message_size,
+            limits,
+            stats=hub.stats,
+            accept_compression=(
+                accept_shared_deflate if config.chat_compression else refuse_compression
+            ),
         )
         self.hub = hub
         self.max_send_buffer = config.max_send_buffer

@@ -19,10 +19,11 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from chatservice.config import Config
+from chatservice.frames import TextFrame
 from chatservice.history import History, ThreadExecutor, immediate_executor
 from chatservice.hub import ChatLimits, HistoryStore, Hub
 from chatservice.policy import OriginPolicy
-from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME, prepare_text
+from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.systemd import Notifier
 from chatservice.web import ChatSite, make_site
 
@@ -66,7 +67,7 @@ def make_hub(config: Config, history: HistoryStore, seconds: Callable[[], float]
     return Hub(
         history,
         seconds,
-        prepare_text,
+        TextFrame,
         server=SERVER_NAME,
         motd=config.motd,
         limits=ChatLimits(

@@ -111,6 +111,21 @@ def client_frame(payload: bytes, opcode: int = 0x1, mask: bytes = b"\x01\x02\x03
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def server_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Split unmasked (server) frames: ``(first byte, payload)`` each, and what is left."""
+    frames = []
+    while len(data) >= 2:
+        n = data[1] & 0x7F
+        at = {126: 4, 127: 10}.get(n, 2)
+        if at > 2 and len(data) >= at:
+            n = int.from_bytes(data[2:at], "big")
+        if len(data) < at + n:
+            break
+        frames.append((data[0], data[at : at + n]))
+        data = data[at + n :]
+    return frames, data
+
+
 @dataclass
 class Events:
     """What a `RecordingClient` saw."""

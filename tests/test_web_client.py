@@ -314,6 +314,72 @@ def test_markup_in_messages_and_names_is_shown_as_text(server: Twistd, pages: Pa
     assert page.locator("img, script:not([src]), b:has-text('bold')").count() == 0
 
 
+#: Opens the page's own WebSocket to /chat next to the web client, joins the
+#: lobby, and keeps every frame's text (in `window.tap`).
+TAP = """(url) => new Promise((resolve, reject) => {
+  const ws = new WebSocket(url, "chat.v1.json");
+  window.tap = { ws, texts: [] };
+  ws.onopen = () => ws.send(JSON.stringify(
+    { type: "chat-join", payload: { username: "tap", room: "lobby" } }));
+  ws.onerror = () => reject(new Error("WebSocket error"));
+  ws.onmessage = (event) => {
+    window.tap.texts.push(event.data);
+    if (JSON.parse(event.data).type === "chat-users") resolve(ws.extensions);
+  };
+})"""
+
+
+def test_chromium_decodes_compressed_messages_and_history_byte_exact(
+    server: Twistd, pages: Pages
+) -> None:
+    alice = pages.open(server.url)
+    enter_chat(alice, "alice")
+    extensions = alice.evaluate(TAP, f"ws://127.0.0.1:{server.port}/chat")
+    # Chromium offers permessage-deflate; /chat takes it without server context.
+    assert extensions == "permessage-deflate; server_no_context_takeover"
+    prose = (
+        "Thanks everyone for joining the call today. As discussed, the release goes out "
+        "on Thursday once the last two reviews are in; ping me if you are blocked. "
+    )
+    texts = [
+        "short and plain",
+        (prose * 3).strip(),
+        ("héllo wörld ✓ 日本語のテキスト 🎉 " * 20).strip(),
+        (prose * 20)[:1999] + "!",
+        (prose * 3).strip(),
+    ]
+    with (
+        ws_chat(server.port) as bob,
+        connect(
+            f"ws://127.0.0.1:{server.port}/chat",
+            subprotocols=[Subprotocol("chat.v1.json")],
+            compression=None,
+            open_timeout=10,
+        ) as carol,
+    ):
+        ws_join(bob, "bob")
+        ws_join(carol, "carol")
+        for text in texts:
+            ws_say(bob, "lobby", text)
+        plain = []
+        while len(plain) < len(texts):
+            raw = carol.recv(timeout=10)
+            assert isinstance(raw, str)
+            if json.loads(raw)["type"] == "chat-message":
+                plain.append(raw)
+    for text in texts:
+        expect(said(alice, "lobby", text)).to_have_count(texts.count(text))
+    # What Chromium decoded is, byte for byte, what the uncompressed client got.
+    decoded = alice.evaluate("window.tap.texts")
+    assert [raw for raw in decoded if json.loads(raw)["type"] == "chat-message"] == plain
+
+    # A newcomer's join history (compressed: the largest frame) shows each once.
+    dave = pages.open(server.url)
+    enter_chat(dave, "dave")
+    for text in texts:
+        expect(said(dave, "lobby", text)).to_have_count(texts.count(text))
+
+
 def restart_while_offline(page: Page, server: Twistd, meanwhile: Callable[[], None]) -> None:
     """Restart the server; run `meanwhile` before the page can be back; let it come back.
 
