@@ -18,6 +18,8 @@ from chatservice.service import ChatService, StartupError
 
 DEFAULT_PORT = "8080"
 _DEFAULTS = Config()
+#: On/off options: a TOML boolean is taken for them too.
+_SWITCHES = {"chat-compression"}
 
 
 def endpoint_description(value: str) -> str:
@@ -99,6 +101,22 @@ def database_path(value: str) -> str:
     return str(path)
 
 
+#: The values of an on/off option (``--chat-compression``).
+_SWITCH = {"on": True, "off": False}
+
+
+def switch(option: str, value: str) -> bool:
+    """Convert an ``on``/``off`` option.
+
+    Raises:
+        usage.UsageError: Neither.
+    """
+    try:
+        return _SWITCH[value.strip().lower()]
+    except KeyError:
+        raise usage.UsageError(f"--{option} {value!r}: must be on or off") from None
+
+
 def origin_pattern(value: str) -> str:
     """Check an ``--allowed-origin`` pattern.
 
@@ -159,6 +177,13 @@ class Options(usage.Options):
             "SQLite file holding the chat history; ':memory:' keeps nothing.",
         ],
         ["motd", None, "", "Message of the day, sent to every chat client on connect."],
+        [
+            "chat-compression",
+            None,
+            "on",
+            "on or off: whether /chat accepts permessage-deflate (each message is "
+            "compressed once for all members; off saves that CPU and sends more bytes).",
+        ],
         [
             "config",
             "c",
@@ -249,6 +274,8 @@ class Options(usage.Options):
                 ):
                     raise usage.UsageError(f"--config {path!r}: {key} must be a list of strings")
                 self[key] = [lists[key](str(v)) for v in values]
+            elif key in _SWITCHES and isinstance(value, bool):
+                self[key] = "on" if value else "off"
             elif isinstance(value, str | int | float) and not isinstance(value, bool):
                 self[key] = str(value)
             else:
@@ -276,6 +303,7 @@ class Options(usage.Options):
             allowed_origins=tuple(self["allowed-origin"]),
             database=database_path(self["database"]),
             motd=self["motd"],
+            chat_compression=switch("chat-compression", self["chat-compression"]),
             **numbers,
         )
 

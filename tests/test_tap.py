@@ -69,6 +69,25 @@ def test_chat_defaults() -> None:
     assert (config.rate, config.burst) == (10, 30)
     assert (config.max_connections, config.max_connections_per_address) == (10000, 100)
     assert config.max_send_buffer == 1024 * 1024
+    assert config.chat_compression is True
+
+
+@pytest.mark.parametrize(
+    ("args", "content", "expected"),
+    [
+        (["--chat-compression", "off"], "", False),
+        (["--chat-compression", "ON"], "", True),
+        ([], "chat-compression = false\n", False),
+        ([], 'chat-compression = "off"\n', False),
+        (["--chat-compression", "on"], "chat-compression = false\n", True),
+    ],
+)
+def test_chat_compression_is_switched_on_the_command_line_or_in_the_file(
+    tmp_path: Path, args: list[str], content: str, expected: bool
+) -> None:
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text(content)
+    assert parse("-c", str(config_file), *args).config.chat_compression is expected
 
 
 def test_static_dir_is_taken(tmp_path: Path) -> None:
@@ -91,6 +110,7 @@ def test_static_dir_is_taken(tmp_path: Path) -> None:
         (["--max-connections", "1.5"], "must be a whole number"),
         (["--database", "/nonexistent/dir/chat.sqlite3"], "does not exist"),
         (["--allowed-origin", "chat.example.com"], "not an origin"),
+        (["--chat-compression", "maybe"], "--chat-compression 'maybe': must be on or off"),
         (["--no-such-option"], "option --no-such-option not recognized"),
     ],
 )
@@ -314,6 +334,8 @@ def test_config_file_settings_and_the_command_line_wins(tmp_path: Path) -> None:
     [
         ("histroy = 5\n", "unknown key 'histroy'"),
         ("history = [1]\n", "history must be a string or a number"),
+        ("motd = true\n", "motd must be a string or a number"),
+        ("chat-compression = 1\n", "--chat-compression '1': must be on or off"),
         ("history = -3\n", "--history '-3': must be at least 0"),
         ("port = [true]\n", "port must be a list of strings"),
         ('port = ["nope:1"]\n', "Unknown endpoint type"),
