@@ -161,18 +161,13 @@ def test_every_offer_is_accepted_without_server_context_and_decodes(
         assert bool(first & RSV1) == (len(payload) >= DEFLATE_MIN_SIZE)
 
 
-def test_without_an_offer_nothing_is_compressed(clock: Clock) -> None:
-    client = Negotiated(make_test_site(Config(), clock), clock, None)
-    assert client.extensions is None
-    client.send("chat-join", username="alice")
-    [(first, payload)] = client.send("chat-message", message=prose(1500))
-    assert first == 0x81
-    assert json.loads(payload)["payload"]["message"] == prose(1500)
-
-
-def test_chat_compression_off_declines_every_offer(clock: Clock) -> None:
-    site = make_test_site(Config(chat_compression=False), clock)
-    client = Negotiated(site, clock, OFFERS["chromium"][0])
+@pytest.mark.parametrize(
+    ("config", "offer"),
+    [(Config(), None), (Config(chat_compression=False), OFFERS["chromium"][0])],
+    ids=["no offer", "--chat-compression off"],
+)
+def test_without_deflate_nothing_is_compressed(clock: Clock, config: Config, offer: str) -> None:
+    client = Negotiated(make_test_site(config, clock), clock, offer)
     assert client.extensions is None
     client.send("chat-join", username="alice")
     [(first, payload)] = client.send("chat-message", message=prose(1500))
