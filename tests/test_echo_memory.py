@@ -8,6 +8,7 @@ from memory import (
     client_frame,
     connect_protocol,
     make_test_site,
+    server_frames,
     upgrade_request,
     websocket_client,
 )
@@ -160,3 +161,21 @@ def test_peer_that_stops_answering_pings_is_closed(site: Site, clock: Clock) -> 
         clock.advance(31)
         pump.flush()
     assert client.events.closed
+
+
+def test_many_frames_in_one_read_all_come_back_in_order(site: Site, clock: Clock) -> None:
+    # One write of ~60 KiB: frames of every size cross the pieces the server
+    # hands Autobahn at a time, with masks starting anywhere; a fragmented
+    # message last.
+    messages = [bytes([65 + n % 26]) * (n * 7 % 900) for n in range(120)]
+    data = b"".join(
+        client_frame(m, mask=bytes([n, n + 1, n + 2, n + 3])) for n, m in enumerate(messages)
+    )
+    first, second = client_frame(b"first half "), client_frame(b"second half")
+    data += bytes([0x01]) + first[1:] + bytes([0x80]) + second[1:]  # text, continuation
+    client = RawClient(upgrade_request() + data)
+    connect_protocol(site, client, clock)
+    assert client.status == 101
+    frames, rest = server_frames(client.received.partition(b"\r\n\r\n")[2])
+    assert rest == b""
+    assert frames == [(0x81, m) for m in [*messages, b"first half second half"]]
