@@ -7,8 +7,13 @@ the Autobahn testsuite (517 of them) at ws://127.0.0.1:PORT/echo with the
 counts per behaviour and exits non-zero unless every case is OK or
 INFORMATIONAL, strictly: NON-STRICT, FAILED and UNIMPLEMENTED all fail.
 
-    .venv/bin/python scripts/autobahn.py            # all 517 cases (~5 min)
+    .venv/bin/python scripts/autobahn.py            # all 517 cases (5-15 min)
     .venv/bin/python scripts/autobahn.py --quick    # without 12.* and 13.* (~30 s)
+
+Cases run one at a time (``-p 1``): the server is single-threaded, so cases
+run side by side only share its one core, and the compression groups' largest
+cases then pass the testsuite's 30 s limit.  A case that still runs out of
+time is run once more, alone, and its second result counts.
     .venv/bin/python scripts/autobahn.py --url ws://127.0.0.1:8080/echo
 """
 
@@ -121,6 +126,22 @@ def summarize(outdir: Path) -> dict[str, dict[str, str]]:
     return cases
 
 
+def timed_out(outdir: Path, cases: dict[str, dict[str, str]]) -> list[str]:
+    """The cases that failed only because they ran past the testsuite's time limit.
+
+    The compression groups' largest cases (1000 messages of 128 KiB in ~300,000
+    frames) take 20 s of a single-threaded server's 30 s limit on a slow
+    machine: a machine busy with something else can push one over.
+    """
+    out = []
+    for case, result in cases.items():
+        if result["behavior"] == "FAILED" and result["behaviorClose"] in PASSING:
+            report = json.loads((outdir / result["reportfile"]).read_text())
+            if "did not finish within" in str(report.get("result", "")):
+                out.append(case)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -128,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--url", help="test this running server instead of starting one")
     parser.add_argument(
-        "-p", "--parallelism", type=int, default=2, help="cases run at once (default 2)"
+        "-p", "--parallelism", type=int, default=1, help="cases run at once (default 1)"
     )
     parser.add_argument(
         "-i", "--include", action="append", default=[], help="only these cases (glob, repeatable)"
@@ -155,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         run_suite(url, outdir, args.parallelism, exclude, args.include)
+        cases = summarize(outdir)
+        # A case that ran out of time is run once more, alone; any other
+        # failure stands, and so does a second time-out.
+        slow = timed_out(outdir, cases)
+        if slow:
+            print(f"autobahn: ran out of time, running once more: {', '.join(slow)}", flush=True)
+            again = outdir / "again"
+            again.mkdir()
+            run_suite(url, again, 1, [], slow)
+            cases.update(summarize(again))
         if server is not None and server.poll() is not None:
             print(f"autobahn: chatservice exited during the run (status {server.returncode})")
             return 1
@@ -163,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(server)
     elapsed = time.monotonic() - started
 
-    cases = summarize(outdir)
     behaviors = collections.Counter(c["behavior"] for c in cases.values())
     closes = collections.Counter(c["behaviorClose"] for c in cases.values())
     bad = {
