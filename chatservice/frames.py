@@ -82,14 +82,17 @@ class TextFrame:
         payload: The message.
         plain: The whole frame, uncompressed: for every connection without
             permessage-deflate.
+        for_window: The frame for a connection with permessage-deflate, by the
+            connection's server window bits, as far as `deflated` has made it:
+            a connection looks here first (one dict lookup per delivery).
     """
 
-    __slots__ = ("_deflated", "payload", "plain")
+    __slots__ = ("for_window", "payload", "plain")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self.plain = frame(_FIN_TEXT, payload)
-        self._deflated: dict[int, bytes] | None = None
+        self.for_window: dict[int, bytes] = {}
 
     def deflated(self, window_bits: int) -> bytes:
         """The frame for a connection with permessage-deflate and no server context takeover.
@@ -100,15 +103,20 @@ class TextFrame:
         Args:
             window_bits: The connection's ``server_max_window_bits`` (9-15).
         """
-        if len(self.payload) < DEFLATE_MIN_SIZE:
+        wire = self.for_window.get(window_bits)
+        if wire is None:
+            wire = self.for_window[window_bits] = self._compressed(window_bits)
+        return wire
+
+    def _compressed(self, window_bits: int) -> bytes:
+        size = len(self.payload)
+        if size < DEFLATE_MIN_SIZE:
             return self.plain
-        bits = window_for(len(self.payload), window_bits)
-        cache = self._deflated
-        if cache is None:
-            cache = self._deflated = {}
-        wire = cache.get(bits)
+        # What suits a smaller window suits every larger one: share it.
+        bits = window_for(size, window_bits)
+        wire = self.for_window.get(bits)
         if wire is None:
             data = deflate(self.payload, bits)
-            wire = frame(_FIN_RSV1_TEXT, data) if len(data) < len(self.payload) else self.plain
-            cache[bits] = wire
+            wire = frame(_FIN_RSV1_TEXT, data) if len(data) < size else self.plain
+            self.for_window[bits] = wire
         return wire

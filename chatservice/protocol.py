@@ -552,7 +552,10 @@ class ChatProtocol(ServerProtocol):
         # The frame as prepared once for everybody, straight to the transport
         # (Autobahn's sendData adds only logging and stats).
         bits = self._deflate_bits
-        data = frame.deflated(bits) if bits else frame.plain
+        if bits:
+            data = frame.for_window.get(bits) or frame.deflated(bits)
+        else:
+            data = frame.plain
         self.transport.write(data)  # type: ignore[union-attr]
         if self._paused:
             self._unsent += len(data)
