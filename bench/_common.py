@@ -291,9 +291,12 @@ def run_loadgen(command: Sequence[str], limit: float, watch: LineWatcher) -> dic
     return result
 
 
-def ratio_of(document: dict[str, Any], field: str) -> float | None:
-    """chatservice's `field` over the reference's in `document`, or None if undefined."""
-    ours, reference = document["chatservice"][field], document["reference"][field]
+def ratio_of(
+    document: dict[str, Any], field: str, top: str = "chatservice", bottom: str = "reference"
+) -> float | None:
+    """`top`'s `field` over `bottom`'s in `document` (by default chatservice's over the
+    reference's), or None if undefined."""
+    ours, reference = document[top][field], document[bottom][field]
     return round(ours / reference, 3) if ours is not None and reference else None
 
 

@@ -10,6 +10,12 @@
 // listen backlog is small).  A member counts as joined when the server's
 // chat-join event for its own name comes back to it.
 //
+// --deflate=SHARE (0 to 1, default 0): that share of the members, spread evenly
+// over subscribers and senders, offer permessage-deflate as Chromium does and
+// decode what comes compressed (see _wsclient.mjs).  --message-size=N (default
+// 0): senders pad their text to about N characters with chat as people write
+// it, so that messages are long enough to be compressed.
+//
 // --mode throughput: --subscribers members plus --senders members join the room
 // "bench".  Each sender runs a closed loop: it sends a chat-message whose text
 // starts with its send time (performance.now(), in ms), waits until that
@@ -23,9 +29,14 @@
 //
 //   {"members", "senders", "join_s", "deliveries", "deliveries_per_s",
 //    "room_messages", "room_messages_per_s", "p50_ms", "p99_ms",
-//    "errors", "error_kinds", "cpu_share"}
+//    "errors", "error_kinds", "cpu_share", "deflate_members", "message_bytes",
+//    "wire_bytes", "wire_bytes_per_delivery", "compressed_frames"}
 //
 // deliveries are chat-messages received by any member inside the window;
+// wire_bytes are all bytes received by all members inside the window (frames
+// of every kind, headers included), compressed_frames the frames among them
+// that came compressed; deflate_members the members whose offer the server
+// took; message_bytes the length of the senders' texts (the last one sent);
 // room_messages are senders' messages back at their sender inside the window;
 // cpu_share is this process's user + system CPU time over the window's wall
 // time, as a fraction of one core.  The window's start and end are announced
@@ -47,7 +58,7 @@
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { MEASURED, MEASURING, cpuSeconds, quantile, round3, sleep } from "./_common.mjs";
-import { Client } from "./_wsclient.mjs";
+import { Client, totals } from "./_wsclient.mjs";
 
 const JOINED = "loadgen: joined";
 const SUBPROTOCOL = "chat.v1.json";
@@ -73,6 +84,8 @@ function options() {
       connections: { type: "string", default: "10000" },
       "room-size": { type: "string", default: "100" },
       "per-address": { type: "string", default: "90" },
+      deflate: { type: "string", default: "0" },
+      "message-size": { type: "string", default: "0" },
     },
   });
   const opts = {
@@ -86,6 +99,8 @@ function options() {
     connections: Number(values.connections),
     roomSize: Number(values["room-size"]),
     perAddress: Number(values["per-address"]),
+    deflate: Number(values.deflate),
+    messageSize: Number(values["message-size"]),
   };
   const bad = [];
   const isCount = (x, min) => Number.isInteger(x) && x >= min;
@@ -99,6 +114,8 @@ function options() {
   if (!(opts.rate > 0)) bad.push("--rate must be > 0");
   if (!(opts.warmup >= 0)) bad.push("--warmup must be >= 0");
   if (!(opts.duration > 0)) bad.push("--duration must be > 0");
+  if (!(opts.deflate >= 0 && opts.deflate <= 1)) bad.push("--deflate must be from 0 to 1");
+  if (!isCount(opts.messageSize, 0)) bad.push("--message-size must be an integer >= 0");
   if (bad.length) {
     process.stderr.write(`loadgen: ${bad.join("; ")}\n`);
     process.exit(2);
@@ -118,6 +135,7 @@ const state = {
   latenciesMs: [], // send to receive, of every delivery inside the window
   errors: 0,
   errorKinds: {}, // errors by kind: "chat-error rate-limited", "close 1008", ...
+  messageBytes: 0, // length of the last text a sender sent
 };
 
 /** Count `count` errors of `kind`. */
@@ -168,6 +186,44 @@ function sourceAddress(index) {
   return `127.0.${1 + Math.floor(n / 254)}.${1 + (n % 254)}`;
 }
 
+/** Whether the `index`th member offers permessage-deflate: opts.deflate of them, evenly. */
+function offersDeflate(index) {
+  return Math.floor((index + 1) * opts.deflate) > Math.floor(index * opts.deflate);
+}
+
+// Chat as people write it, for --message-size: lines in a fixed pseudo-random order.
+const CHAT_LINES = [
+  "did anyone else get the 502s on staging around 9?",
+  "yes, the deploy restarted the workers one by one and nginx had no upstream for a bit",
+  "ok thanks, I'll add a health check to the rollout",
+  "give me 10 min, finishing a review",
+  "can someone look at PR 4312? it's blocking the release",
+  "left two comments, otherwise good to go",
+  "the customer call moved to 3pm, same link",
+  "has anyone seen the flaky test in the payments suite again",
+  "it's the clock one, it fails when the run crosses midnight UTC",
+  "heads up: the office wifi is being replaced on friday, bring a cable if you need one",
+  "where are the slides from yesterday's demo?",
+  "quick question: do we still support the v1 API or can I remove the adapter?",
+  "we promised six months after the v2 launch, so until march",
+  "the dashboard shows p99 latency up since the last release, investigating",
+  "looks like the cache hit rate dropped, the key format changed",
+  "fix is in review, should be out within the hour",
+  "reminder: retro at 4, add your notes to the board before then",
+  "is the build broken or is it just me?",
+];
+let chatSeed = 12345;
+
+/** About `length` characters of chat (a new pseudo-random mix each call). */
+function chatText(length) {
+  let text = "";
+  while (text.length < length) {
+    chatSeed = (chatSeed * 1103515245 + 12345) % 2147483648;
+    text += `${CHAT_LINES[chatSeed % CHAT_LINES.length]} `;
+  }
+  return text.slice(0, length).trim();
+}
+
 /** One connection, joined to one room under its own name; the Client's handler. */
 class Member {
   constructor(index, username, room) {
@@ -178,7 +234,7 @@ class Member {
     this.lastId = 0; // id of the last chat-message received
     this.onJoined = null; // while joining: resolves join()
     this.onJoinFailed = null; // while joining: rejects join()
-    this.client = new Client(opts.url, SUBPROTOCOL, sourceAddress(index), this);
+    this.client = new Client(opts.url, SUBPROTOCOL, sourceAddress(index), this, offersDeflate(index));
   }
 
   /** Resolves once joined; rejects if the connection fails or the join is refused first. */
@@ -272,10 +328,10 @@ class Sender {
     if (state.stopping) return;
     this.seq += 1;
     this.sentAt = performance.now();
-    this.member.send("chat-message", {
-      room: ROOM,
-      message: `${this.sentAt.toFixed(3)} ${this.member.username} ${this.seq}`,
-    });
+    const padding = opts.messageSize ? ` ${chatText(Math.max(1, opts.messageSize - 40))}` : "";
+    const message = `${this.sentAt.toFixed(3)} ${this.member.username}${padding} ${this.seq}`;
+    state.messageBytes = Buffer.byteLength(message);
+    this.member.send("chat-message", { room: ROOM, message });
     state.sent += 1;
   }
 
@@ -354,9 +410,11 @@ async function throughput() {
   const start = performance.now();
   const cpuStart = cpuSeconds();
   state.measuring = true;
+  totals.counting = true;
 
   await sleep(opts.duration * 1000);
   state.measuring = false;
+  totals.counting = false;
   state.stopping = true;
   const wall = (performance.now() - start) / 1000;
   const cpu = cpuSeconds() - cpuStart;
@@ -383,6 +441,11 @@ async function throughput() {
     errors: state.errors,
     error_kinds: state.errorKinds,
     cpu_share: Math.round((cpu / wall) * 1000) / 1000,
+    deflate_members: members.filter((member) => member.client.deflate).length,
+    message_bytes: state.messageBytes,
+    wire_bytes: totals.wireBytes,
+    wire_bytes_per_delivery: state.deliveries ? round3(totals.wireBytes / state.deliveries) : null,
+    compressed_frames: totals.compressedFrames,
   });
 }
 
