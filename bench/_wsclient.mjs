@@ -49,6 +49,19 @@ const decoded = new Map();
 /** A message ends without a final block (RFC 7692 7.2.1): no Z_FINISH. */
 const INFLATE = { finishFlush: zlib.constants.Z_SYNC_FLUSH };
 
+/**
+ * A number for the compressed payload buffer[start, end): cheap to compute and
+ * to look up (a string of the bytes was not); an entry found by it is compared
+ * byte for byte before it is used.
+ */
+function frameKey(buffer, start, end) {
+  const n = end - start;
+  if (n < 8) return n;
+  const middle = start + ((n >> 1) & ~3);
+  return (Math.imul(n, 0x9e3779b1) ^ buffer.readInt32LE(start) ^
+    Math.imul(buffer.readInt32LE(middle), 31) ^ buffer.readInt32LE(end - 4)) | 0;
+}
+
 /** Counts over all clients of this process. */
 export const totals = { wireBytes: 0, compressedFrames: 0, counting: false };
 /** Close code for a connection closed without a close frame (RFC 6455, 7.4.1). */
@@ -180,20 +193,24 @@ export class Client {
 
   /** The text of a compressed message (its payload: buffer[start, end)). */
   inflate(buffer, start, end) {
-    const compressed = Buffer.concat([buffer.subarray(start, end), SYNC_TAIL]);
     if (!this.sharedFrames) {
+      const compressed = Buffer.concat([buffer.subarray(start, end), SYNC_TAIL]);
       const text = zlib.inflateRawSync(compressed, { ...INFLATE, dictionary: this.inflateWindow });
       const window = Buffer.concat([this.inflateWindow, text]);
       this.inflateWindow = window.subarray(Math.max(0, window.length - WINDOW));
       return text;
     }
-    const key = compressed.toString("latin1");
-    let text = decoded.get(key);
-    if (text === undefined) {
-      text = zlib.inflateRawSync(compressed, INFLATE);
-      decoded.set(key, text);
-      if (decoded.size > DECODED_KEPT) decoded.delete(decoded.keys().next().value);
+    const length = end - start;
+    const key = frameKey(buffer, start, end);
+    const entry = decoded.get(key);
+    if (entry !== undefined && entry.compressed.length === length &&
+        buffer.compare(entry.compressed, 0, length, start, end) === 0) {
+      return entry.text;
     }
+    const compressed = Buffer.from(buffer.subarray(start, end));
+    const text = zlib.inflateRawSync(Buffer.concat([compressed, SYNC_TAIL]), INFLATE);
+    decoded.set(key, { compressed, text });
+    if (decoded.size > DECODED_KEPT) decoded.delete(decoded.keys().next().value);
     return text;
   }
 
