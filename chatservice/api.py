@@ -27,6 +27,9 @@ _log = Logger()
 MAX_BODY = 64 * 1024
 #: Most history messages one request returns.
 MAX_HISTORY_LIMIT = 1000
+#: Names in one page of ``GET /api/rooms/<room>/users``, by default and at most.
+USERS_LIMIT = 500
+MAX_USERS_LIMIT = 1000
 
 
 class ApiError(Exception):
@@ -162,8 +165,11 @@ class Api(Resource):
             }
         if what == ["users"]:
             self._method(request, b"GET")
+            limit = _int_arg(request, "limit", USERS_LIMIT, MAX_USERS_LIMIT)
             live = self.hub.rooms.get(room)
-            return {"room": room, "users": live.usernames() if live else []}
+            if live is None:
+                return {"room": room, "users": [], "count": 0}
+            return live.users(_arg(request, "after") or None, limit)
         raise ApiError(404, "no such API route")
 
     @staticmethod

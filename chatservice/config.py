@@ -48,6 +48,9 @@ class Config:
         chat_compression: Whether ``/chat`` accepts permessage-deflate (then
             every room message is compressed once, for every member that
             negotiated it); ``/echo`` always does.
+        large_room: Rooms with more members than this are large: no single
+            join and leave events, presence changes gathered instead.
+        presence_interval: Seconds between two presence events of a large room.
         motd: Message of the day, in the chat welcome.
         shutdown_timeout: Seconds to wait at shutdown for clients to finish
             their closing handshakes.
@@ -74,6 +77,8 @@ class Config:
     max_connections_per_address: int = 100
     max_send_buffer: int = 1 * MiB
     chat_compression: bool = True
+    large_room: int = 500
+    presence_interval: float = 0.5
     motd: str = ""
     shutdown_timeout: float = 5.0
     admin_token: str = ""
@@ -95,8 +100,11 @@ class Config:
             "max_connections",
             "max_connections_per_address",
             "max_send_buffer",
+            "large_room",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.presence_interval < 0.01:
+            raise ValueError("presence-interval must be at least 0.01 seconds")
         if self.history < 0:
             raise ValueError("history must not be negative")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,10 +34,11 @@ from chatservice.messages import (
     ProtocolError,
     Say,
     Typing,
-    Who,
+    Users,
 )
 from chatservice.metrics import Counters
 from chatservice.policy import FloodGuard, TokenBucket
+from chatservice.presence import USERS_PAGE, Changes, Roster
 
 _log = Logger()
 
@@ -44,6 +46,12 @@ _log = Logger()
 JOIN_HISTORY = 50
 #: Close code for a policy violation (RFC 6455 7.4.1).
 CLOSE_POLICY = 1008
+#: Rooms with more members than this are large (docs/protocol.md, "Large rooms").
+LARGE_ROOM = 500
+#: Seconds between two ``chat-presence`` events of a large room, at least.
+PRESENCE_INTERVAL = 0.5
+#: Different join histories of one room kept encoded until its next message.
+HISTORY_FRAMES = 16
 
 
 class Member(Protocol):
@@ -126,30 +134,56 @@ class Session:
 
 
 class Room:
-    """A room's live members, grouped by dialect for encode-once fan-out."""
+    """A room's live members, grouped by dialect for encode-once fan-out.
 
-    __slots__ = ("groups", "name", "sessions")
+    Attributes:
+        roster: The members' names, sorted.
+        changes: Presence changes not yet sent (large rooms).
+        flush: The pending send of `changes`, if one is scheduled.
+        history_frames: Join histories already encoded, by ``(since, dialect)``;
+            emptied by the room's next message.
+    """
+
+    __slots__ = ("changes", "flush", "groups", "history_frames", "name", "roster", "sessions")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.sessions: dict[Session, None] = {}
         self.groups: dict[Dialect, dict[Member, None]] = {}
+        self.roster = Roster()
+        self.changes = Changes()
+        self.flush: IDelayedCall | None = None
+        self.history_frames: dict[tuple[int | None, Dialect], tuple[Any, int]] = {}
 
     def add(self, session: Session) -> None:
+        assert session.name is not None  # joined, so named
         self.sessions[session] = None
         member = session.member
         self.groups.setdefault(member.dialect, {})[member] = None
+        self.roster.add(session.name)
 
     def remove(self, session: Session) -> None:
+        assert session.name is not None
         del self.sessions[session]
         member = session.member
         group = self.groups[member.dialect]
         del group[member]
         if not group:
             del self.groups[member.dialect]
+        self.roster.remove(session.name)
 
     def usernames(self) -> list[str]:
-        return sorted((s.name for s in self.sessions if s.name), key=str.casefold)
+        return self.roster.all()
+
+    def users(self, after: str | None = None, limit: int = USERS_PAGE) -> dict[str, Any]:
+        """A ``chat-users`` payload: the member count and a page of names."""
+        names, cursor = self.roster.page(after, limit)
+        payload: dict[str, Any] = {"room": self.name, "users": names, "count": len(self.sessions)}
+        if cursor is not None:
+            payload["next"] = cursor
+        if after is not None:
+            payload["after"] = after
+        return payload
 
 
 class Hub:
@@ -157,7 +191,8 @@ class Hub:
 
     Args:
         history: The message store.
-        seconds: The clock.
+        clock: The reactor, or a `Clock` in tests: the time, and the timers
+            of large rooms' presence events.
         prepare: Frames an encoded event once for many connections
             (`chatservice.frames.TextFrame`; identity in tests).
         server: The server's name, for the welcome.
@@ -165,21 +200,30 @@ class Hub:
         limits: What clients are held to.
         stats: Where deliveries and rate limits are counted (plain ints,
             for /metrics); a new `Counters` if None.
+        large_room: Rooms with more members than this are large: their joins,
+            leaves and renames are gathered into ``chat-presence`` events.
+        presence_interval: Seconds between two ``chat-presence`` events of a
+            room, at least.
     """
 
     def __init__(
         self,
         history: HistoryStore,
-        seconds: Callable[[], float],
+        clock: IReactorTime,
         prepare: Callable[[bytes], Any],
         server: str,
         motd: str = "",
         limits: ChatLimits | None = None,
         stats: Counters | None = None,
+        large_room: int = LARGE_ROOM,
+        presence_interval: float = PRESENCE_INTERVAL,
     ) -> None:
         self.history = history
         self.stats = stats if stats is not None else Counters()
-        self.seconds = seconds
+        self.clock = clock
+        self.seconds = clock.seconds
+        self.large_room = large_room
+        self.presence_interval = presence_interval
         self.prepare = prepare
         self.server = server
         self.motd = motd
@@ -281,10 +325,9 @@ class Hub:
             self._leave(session, room, tell_leaver=True)
         elif isinstance(command, Nick):
             self._nick(session, command.username)
-        elif isinstance(command, Who):
-            room = self._joined_room(session, None, "who")
-            users = self.rooms[room].usernames()
-            session.member.send_event(("chat-users", {"room": room, "users": users}))
+        elif isinstance(command, Users):
+            room = self._joined_room(session, command.room, "chat-users")
+            session.member.send_event(("chat-users", self._users(self.rooms[room], command.after)))
         elif isinstance(command, Help):
             session.member.send_event(("chat-info", {"message": TEXT_HELP}))
 
@@ -327,31 +370,22 @@ class Hub:
         already = name in session.rooms
         session.rooms.pop(name, None)
         session.rooms[name] = None  # now the current room
-
-        if command.since is None:
-            messages, recovered = self.history.recent(name, JOIN_HISTORY), False
-        else:
-            messages, recovered = self.history.since(name, command.since, JOIN_HISTORY)
+        if not already:
+            room.add(session)
         member = session.member
-        member.send_event(
-            (
-                "chat-history",
-                {
-                    "room": name,
-                    "messages": [m.payload() for m in messages],
-                    "recovered": recovered,
-                },
+        self._send_history(room, member, command.since)
+        member.send_event(("chat-users", self._users(room)))
+        if already or self.sessions.get(member) is not session:
+            return  # joined before, or closed while sending (a slow consumer)
+        assert session.name is not None  # claimed above
+        if self._is_large(room):
+            room.changes.join(session.name)
+            self._schedule_presence(room)
+        else:
+            self._to_room(
+                room,
+                ("chat-join", {"username": session.name, "room": name, "time": self._now()}),
             )
-        )
-        if already:
-            member.send_event(("chat-users", {"room": name, "users": room.usernames()}))
-            return
-        room.add(session)
-        member.send_event(("chat-users", {"room": name, "users": room.usernames()}))
-        self._to_room(
-            room,
-            ("chat-join", {"username": session.name, "room": name, "time": self._now()}),
-        )
         _log.info(
             "conn={conn_id} {username} joined {room} ({members} members)",
             conn_id=member.conn_id,
@@ -368,10 +402,17 @@ class Hub:
             "chat-leave",
             {"username": session.name, "room": name, "time": self._now()},
         )
-        if room.sessions:
-            self._to_room(room, event)
-        else:
+        if not room.sessions:
+            if room.flush is not None:
+                room.flush.cancel()
             del self.rooms[name]
+        elif self._is_large(room):
+            assert session.name is not None
+            room.changes.leave(session.name)
+            self._schedule_presence(room)
+        else:
+            self._flush_presence(room)
+            self._to_room(room, event)
         if tell_leaver:
             session.member.send_event(event)
         _log.info(
@@ -418,6 +459,7 @@ class Hub:
         # Delivered only once stored: a message anybody saw survives a crash.
         room = self.rooms.get(message.room)
         if room is not None:
+            room.history_frames.clear()
             self._to_room(room, ("chat-message", message.payload()))
         return message
 
@@ -435,6 +477,8 @@ class Hub:
     def _typing(self, session: Session, command: Typing) -> None:
         name = self._joined_room(session, command.room, "chat-typing")
         room = self.rooms[name]
+        if self._is_large(room):
+            return  # thousands typing is noise, and the square of the room's size in events
         event: Event = ("chat-typing", {"username": session.name, "room": name})
         self._fan_out(room.groups.items(), event, exclude=session.member)
 
@@ -451,7 +495,13 @@ class Hub:
             session.member.dialect: {session.member: None}
         }
         for name in rooms:
-            for dialect, group in self.rooms[name].groups.items():
+            room = self.rooms[name]
+            room.roster.rename(old, username)
+            if self._is_large(room):
+                room.changes.rename(old, username)
+                self._schedule_presence(room)
+                continue
+            for dialect, group in room.groups.items():
                 audience.setdefault(dialect, {}).update(group)
         self._fan_out(audience.items(), event)
         _log.info(
@@ -460,6 +510,68 @@ class Hub:
             old=old,
             new=username,
         )
+
+    # Presence and what joiners get.
+
+    def _is_large(self, room: Room) -> bool:
+        return len(room.sessions) > self.large_room
+
+    def _users(self, room: Room, after: str | None = None) -> dict[str, Any]:
+        if after is None and not self._is_large(room):
+            return room.users(limit=len(room.sessions))  # a small room: everybody
+        return room.users(after)
+
+    def _schedule_presence(self, room: Room) -> None:
+        if room.flush is None:
+            room.flush = self.clock.callLater(self.presence_interval, self._flush_presence, room)
+
+    def _flush_presence(self, room: Room) -> None:
+        """Send a room's gathered presence changes now, if it has any."""
+        if room.flush is not None:
+            if room.flush.active():
+                room.flush.cancel()
+            room.flush = None
+        changes = room.changes
+        if not changes or self.rooms.get(room.name) is not room:
+            return
+        room.changes = Changes()
+        payload = changes.payload(room.name, len(room.sessions), self._now())
+        self._to_room(room, ("chat-presence", payload))
+
+    def _send_history(self, room: Room, member: Member, since: int | None) -> None:
+        """A joiner's ``chat-history``, encoded once for all who ask the same.
+
+        A reconnect storm asks for the same history thousands of times: the
+        framed (and, for compressing members, compressed) event is kept until
+        the room's next message.
+        """
+        key = (since, member.dialect)
+        cached = room.history_frames.get(key)
+        if cached is None:
+            name = room.name
+            if since is None:
+                messages, recovered = self.history.recent(name, JOIN_HISTORY), False
+            else:
+                messages, recovered = self.history.since(name, since, JOIN_HISTORY)
+            event: Event = (
+                "chat-history",
+                {
+                    "room": name,
+                    "messages": [m.payload() for m in messages],
+                    "recovered": recovered,
+                },
+            )
+            data = member.dialect.encode(event)
+            if data is None:  # a dialect that shows history line by line
+                member.send_event(event)
+                return
+            if len(room.history_frames) >= HISTORY_FRAMES:
+                room.history_frames.clear()
+            cached = room.history_frames[key] = (self.prepare(data), len(data))
+        frame, size = cached
+        member.deliver(frame)
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += size
 
     # Fan-out.
 

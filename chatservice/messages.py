@@ -76,8 +76,11 @@ class Nick:
 
 
 @dataclass(frozen=True, slots=True)
-class Who:
-    """Text dialect: list the current room's members."""
+class Users:
+    """A page of a room's member names (text dialect: ``/who``)."""
+
+    room: str | None = None
+    after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,7 @@ class Help:
     """Text dialect: list the commands."""
 
 
-Command = Join | Say | Leave | Typing | Nick | Who | Help
+Command = Join | Say | Leave | Typing | Nick | Users | Help
 
 
 def clean_username(value: object, type: str | None = None) -> str:
@@ -166,6 +169,11 @@ def parse_json(data: bytes) -> Command:
         return Typing(room=_optional_room(payload, kind))
     if kind == "chat-nick":
         return Nick(username=clean_username(payload.get("username"), kind))
+    if kind == "chat-users":
+        after = payload.get("after")
+        if after is not None and not isinstance(after, str):
+            raise ProtocolError("bad-payload", "after must be a username", kind)
+        return Users(room=_optional_room(payload, kind), after=after)
     raise ProtocolError("bad-type", f"unknown type {kind[:40]!r}", kind[:40])
 
 
@@ -188,7 +196,7 @@ def parse_text(line: str) -> Command:
     if command == "leave":
         return Leave()
     if command == "who":
-        return Who()
+        return Users()
     if command == "help":
         return Help()
     raise ProtocolError("bad-type", f"unknown command /{command[:20]}; try /help")
@@ -225,10 +233,31 @@ def _line(kind: str, p: dict[str, Any]) -> str | None:
     if kind == "chat-error":
         return f"! {p['reason']}"
     if kind == "chat-users":
-        return f"* Users in #{p['room']}: {', '.join(p['users'])}"
+        count, users = p["count"], p["users"]
+        if count > len(users):
+            return f"* Users in #{p['room']} ({count}, first {len(users)}): {', '.join(users)}"
+        return f"* Users in #{p['room']}: {', '.join(users)}"
+    if kind == "chat-presence":
+        return _presence_line(p)
     if kind == "chat-info":  # text dialect only: answers to /help
         return f"* {p['message']}"
     return None
+
+
+def _names(names: list[str], total: int) -> str:
+    more = total - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+def _presence_line(p: dict[str, Any]) -> str:
+    parts = [f"* #{p['room']}: {p['count']} here"]
+    if p["joins"]:
+        parts.append(f"joined: {_names(p['joined'], p['joins'])}")
+    if p["leaves"]:
+        parts.append(f"left: {_names(p['left'], p['leaves'])}")
+    if p["renamed"]:
+        parts.append("renamed: " + ", ".join(f"{r['old']} -> {r['new']}" for r in p["renamed"]))
+    return "; ".join(parts)
 
 
 def text_lines(event: Event) -> list[str]:

@@ -11,7 +11,12 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,11 +67,11 @@ class _AnnouncingEndpoint:
         return d.addCallback(announce)
 
 
-def make_hub(config: Config, history: HistoryStore, seconds: Callable[[], float]) -> Hub:
+def make_hub(config: Config, history: HistoryStore, clock: IReactorTime) -> Hub:
     """The chat hub as `config` describes it."""
     return Hub(
         history,
-        seconds,
+        clock,
         TextFrame,
         server=SERVER_NAME,
         motd=config.motd,
@@ -76,6 +81,8 @@ def make_hub(config: Config, history: HistoryStore, seconds: Callable[[], float]
             rate=config.rate,
             burst=config.burst,
         ),
+        large_room=config.large_room,
+        presence_interval=config.presence_interval,
     )
 
 
@@ -104,7 +111,7 @@ class ChatService(MultiService):
         self.notifier = Notifier()
         self._watchdog: LoopingCall | None = None
         self.history = History(config.database, config.history, self._run_history)
-        self.hub = make_hub(config, self.history, reactor.seconds)
+        self.hub = make_hub(config, self.history, reactor)
         self.site: ChatSite = make_site(config, self.hub, reactor)
         self.listening: list[IListeningPort] = []
         for description in config.ports:

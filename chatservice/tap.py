@@ -143,6 +143,11 @@ _NUMBERS: list[tuple[str, str, type[int] | type[float], float, str]] = [
      "Open WebSocket connections per client address."),
     ("max-send-buffer", "max_send_buffer", int, 1,
      "Bytes waiting to be sent to a chat client before it is closed as a slow consumer."),
+    ("large-room", "large_room", int, 1,
+     "Rooms with more members are large: joins and leaves are sent as counts and gathered "
+     "changes, not one event each."),
+    ("presence-interval", "presence_interval", float, 0.01,
+     "Seconds between two presence events (chat-presence) of a large room, at least."),
     ("shutdown-timeout", "shutdown_timeout", float, 0,
      "Seconds to wait at shutdown (SIGTERM, SIGINT) for clients to finish closing."),
 ]  # fmt: skip

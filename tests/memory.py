@@ -34,7 +34,7 @@ def make_test_site(config: Config, clock: Clock) -> Site:
     """The real Site, with a real (in-memory SQLite) history run synchronously."""
     history = History(":memory:", config.history, immediate_executor)
     history.open()
-    return make_site(config, make_hub(config, history, clock.seconds), reactor=clock)
+    return make_site(config, make_hub(config, history, clock), reactor=clock)
 
 
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8080)

@@ -75,7 +75,7 @@ async def test_publish_is_a_normal_message_kept_in_history(port: int) -> None:
     assert stored == seen
     assert (stored["room"], stored["username"], stored["message"]) == ("ops", "ci", "deployed")
     assert history == (200, {"room": "ops", "messages": [stored], "recovered": False})
-    assert users == (200, {"room": "ops", "users": ["alice"]})
+    assert users == (200, {"room": "ops", "users": ["alice"], "count": 1})
     assert rooms == (200, {"rooms": [{"room": "ops", "members": 1}]})
 
 
@@ -184,3 +184,23 @@ async def test_stopping_the_service_turns_healthz_to_503() -> None:
     assert not service.site.health.shutting_down
     await service.stopService()
     assert service.site.health.shutting_down
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_come_in_pages(port: int) -> None:
+    def scenario() -> list[tuple[int, Any]]:
+        with chat(port) as a, chat(port) as b, chat(port) as c:
+            for client, name in ((b, "bob"), (a, "Alice"), (c, "carol")):
+                join(client, name, room="ops")
+            return [
+                call(port, "GET", "/api/rooms/ops/users?limit=2"),
+                call(port, "GET", "/api/rooms/ops/users?limit=2&after=bob"),
+                call(port, "GET", "/api/rooms/ops/users?limit=5000"),
+                call(port, "GET", "/api/rooms/empty/users"),
+            ]
+
+    first, second, too_many, empty = await deferToThread(scenario)
+    assert first == (200, {"room": "ops", "users": ["Alice", "bob"], "count": 3, "next": "bob"})
+    assert second == (200, {"room": "ops", "users": ["carol"], "count": 3, "after": "bob"})
+    assert too_many[0] == 400 and "limit" in too_many[1]["error"]
+    assert empty == (200, {"room": "empty", "users": [], "count": 0})

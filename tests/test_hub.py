@@ -2,73 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import pytest
+from members import Client, Prepare, joined
 from twisted.internet.task import Clock
 
 from chatservice.history import History, immediate_executor
-from chatservice.hub import Hub, Session
-from chatservice.messages import JSON, TEXT, Dialect, Event, Join, Leave, Nick, Say, Typing
+from chatservice.hub import Hub
+from chatservice.messages import TEXT, Join, Leave, Nick, Say, Typing
 from chatservice.messages import ProtocolError as Refused
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-class Client:
-    """A hub member that records what it is sent."""
-
-    def __init__(self, conn_id: int, dialect: Dialect = JSON) -> None:
-        self.conn_id = conn_id
-        self.dialect = dialect
-        self.events: list[Event] = []
-        self.frames: list[bytes] = []
-        self.closed: tuple[int, str] | None = None
-
-    def send_event(self, event: Event) -> None:
-        self.events.append(event)
-
-    def deliver(self, frame: Any) -> None:
-        self.frames.append(frame)
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def seen(self) -> list[Event]:
-        """Everything received, in order: direct events and decoded broadcasts."""
-        return self.events + [self.decode(f) for f in self.frames]
-
-    def broadcasts(self, kind: str | None = None) -> list[Any]:
-        decoded = [self.decode(f) for f in self.frames]
-        return [
-            d for d in decoded if kind is None or (d[0] == kind if self.dialect is JSON else True)
-        ]
-
-    def decode(self, frame: bytes) -> Any:
-        if self.dialect is JSON:
-            data = json.loads(frame)
-            return (data["type"], data["payload"])
-        return frame.decode()
-
-    def direct(self, kind: str) -> list[dict[str, Any]]:
-        return [payload for k, payload in self.events if k == kind]
-
-    def reset(self) -> None:
-        self.events.clear()
-        self.frames.clear()
-
-
-class Prepare:
-    """Counts how often the hub frames an encoded event."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, data: bytes) -> bytes:
-        self.calls += 1
-        return data
 
 
 @pytest.fixture
@@ -92,16 +38,7 @@ def prepare() -> Prepare:
 
 @pytest.fixture
 def hub(history: History, clock: Clock, prepare: Prepare) -> Hub:
-    return Hub(history, clock.seconds, prepare, server="chatservice/test", motd="be nice")
-
-
-def joined(
-    hub: Hub, conn_id: int, name: str, room: str = "lobby", dialect: Dialect = JSON
-) -> tuple[Client, Session]:
-    client = Client(conn_id, dialect)
-    session = hub.connect(client)
-    hub.handle(session, Join(room=room, username=name))
-    return client, session
+    return Hub(history, clock, prepare, server="chatservice/test", motd="be nice")
 
 
 def test_welcome_says_who_and_what_limits(hub: Hub) -> None:
@@ -123,8 +60,8 @@ def test_join_sends_history_users_then_join_to_everyone(hub: Hub) -> None:
 
     kinds = [k for k, _ in bob.seen()]
     assert kinds == ["chat-welcome", "chat-history", "chat-users", "chat-join"]
-    assert bob.direct("chat-history") == [{"room": "lobby", "messages": [], "recovered": False}]
-    assert bob.direct("chat-users") == [{"room": "lobby", "users": ["alice", "bob"]}]
+    assert bob.got("chat-history") == [{"room": "lobby", "messages": [], "recovered": False}]
+    assert bob.got("chat-users") == [{"room": "lobby", "users": ["alice", "bob"], "count": 2}]
     [(kind, payload)] = alice.broadcasts()
     assert kind == "chat-join"
     assert payload["username"] == "bob" and payload["room"] == "lobby"
@@ -211,7 +148,7 @@ def test_empty_rooms_are_forgotten_but_their_history_is_not(hub: Hub, history: H
     hub.handle(a, Leave())
     assert "quiet" not in hub.rooms
     bob, _ = joined(hub, 2, "bob", room="quiet")
-    [payload] = bob.direct("chat-history")
+    [payload] = bob.got("chat-history")
     assert [m["message"] for m in payload["messages"]] == ["anyone?"]
 
 
@@ -299,7 +236,7 @@ def test_join_sends_the_last_50_and_since_recovers_exactly_what_was_missed(hub: 
     for i in range(60):
         hub.handle(a, Say(message=f"m{i}"))
     bob, _b = joined(hub, 2, "bob")
-    [payload] = bob.direct("chat-history")
+    [payload] = bob.got("chat-history")
     assert [m["message"] for m in payload["messages"]] == [f"m{i}" for i in range(10, 60)]
     assert payload["recovered"] is False
     last_seen = payload["messages"][-1]["id"]
@@ -310,7 +247,7 @@ def test_join_sends_the_last_50_and_since_recovers_exactly_what_was_missed(hub: 
     bob2 = Client(3)
     session = hub.connect(bob2)
     hub.handle(session, Join(room="lobby", username="bob", since=last_seen))
-    [payload] = bob2.direct("chat-history")
+    [payload] = bob2.got("chat-history")
     assert [m["message"] for m in payload["messages"]] == ["m60", "m61", "m62"]
     assert payload["recovered"] is True
 
@@ -320,7 +257,7 @@ def test_since_older_than_what_is_kept_is_not_recovered(
 ) -> None:
     history = History(str(tmp_path / "small.sqlite3"), 5, immediate_executor)
     history.open()
-    hub = Hub(history, clock.seconds, prepare, server="s")
+    hub = Hub(history, clock, prepare, server="s")
     alice, a = joined(hub, 1, "alice")
     hub.handle(a, Say(message="first"))
     first_id = alice.broadcasts("chat-message")[0][1]["id"]
@@ -329,7 +266,7 @@ def test_since_older_than_what_is_kept_is_not_recovered(
     bob = Client(2)
     session = hub.connect(bob)
     hub.handle(session, Join(room="lobby", username="bob", since=first_id))
-    [payload] = bob.direct("chat-history")
+    [payload] = bob.got("chat-history")
     assert payload["recovered"] is False
     assert [m["message"] for m in payload["messages"]] == [f"m{i}" for i in range(5, 10)]
 
@@ -339,7 +276,7 @@ def test_rate_limit_burst_then_sustained_rate_then_flood_close(hub: Hub, clock: 
     alice.reset()
     admitted = [hub.admit(a) for _ in range(31)]
     assert admitted == [True] * 30 + [False]
-    assert alice.direct("chat-error")[0]["code"] == "rate-limited"
+    assert alice.got("chat-error")[0]["code"] == "rate-limited"
     clock.advance(1)
     assert [hub.admit(a) for _ in range(11)] == [True] * 10 + [False]
     # Keep flooding: more than 100 drops within a minute closes the connection.

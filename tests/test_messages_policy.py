@@ -15,7 +15,7 @@ from chatservice.messages import (
     ProtocolError,
     Say,
     Typing,
-    Who,
+    Users,
     encode_json,
     encode_text,
     parse_json,
@@ -48,6 +48,8 @@ def frame(kind: object, payload: object = None) -> bytes:
         (frame("chat-leave"), Leave()),
         (frame("chat-typing", {"room": "r"}), Typing(room="r")),
         (frame("chat-nick", {"username": "bob"}), Nick(username="bob")),
+        (frame("chat-users"), Users()),
+        (frame("chat-users", {"room": "r", "after": "bob"}), Users(room="r", after="bob")),
     ],
 )
 def test_json_commands(data: bytes, expected: object) -> None:
@@ -77,6 +79,8 @@ def test_json_commands(data: bytes, expected: object) -> None:
         (frame("chat-join", {"username": "a\nb"}), "bad-username", "chat-join"),
         (frame("chat-join", {"username": "a\u200bb"}), "bad-username", "chat-join"),
         (frame("chat-nick", {"username": 3}), "bad-username", "chat-nick"),
+        (frame("chat-users", {"after": 3}), "bad-payload", "chat-users"),
+        (frame("chat-users", {"room": "a b"}), "bad-room", "chat-users"),
     ],
 )
 def test_json_errors(data: bytes, code: str, type: str | None) -> None:
@@ -100,7 +104,7 @@ def test_usernames_of_32_characters_are_fine() -> None:
         ("/join #dev", Join(room="dev")),
         ("/JOIN dev", Join(room="dev")),
         ("/leave", Leave()),
-        ("/who", Who()),
+        ("/who", Users()),
         ("/help", Help()),
     ],
 )
@@ -128,6 +132,29 @@ def test_encodings() -> None:
         {"room": "r", "messages": [message[1], message[1]], "recovered": False},
     )
     assert text_lines(history) == ["[r] a: <b>é", "[r] a: <b>é"]
+
+
+def test_text_lines_for_users_and_presence() -> None:
+    small = ("chat-users", {"room": "r", "users": ["a", "b"], "count": 2})
+    assert text_lines(small) == ["* Users in #r: a, b"]
+    large = ("chat-users", {"room": "r", "users": ["a", "b"], "count": 900, "next": "b"})
+    assert text_lines(large) == ["* Users in #r (900, first 2): a, b"]
+    presence = {
+        "room": "town",
+        "count": 10234,
+        "joins": 14,
+        "joined": ["alice", "bob"],
+        "leaves": 1,
+        "left": ["carol"],
+        "renamed": [],
+        "time": "t",
+    }
+    assert encode_text(("chat-presence", presence)) == (
+        b"* #town: 10234 here; joined: alice, bob and 12 more; left: carol"
+    )
+    renamed = presence | {"joins": 0, "joined": [], "leaves": 0, "left": []}
+    renamed["renamed"] = [{"old": "x", "new": "y"}]
+    assert encode_text(("chat-presence", renamed)) == b"* #town: 10234 here; renamed: x -> y"
 
 
 # Origins.

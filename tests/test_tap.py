@@ -53,6 +53,8 @@ def test_chat_options_reach_the_config(tmp_path: Path) -> None:
         "--max-connections-per-address", "5",
         "--max-send-buffer", "65536",
         "--motd", "hello",
+        "--large-room", "2000",
+        "--presence-interval", "1.5",
     ).config  # fmt: skip
     assert config.allowed_origins == ("https://*.example.com", "http://localhost:*")
     assert (config.history, config.database) == (0, str(tmp_path / "h.sqlite3"))
@@ -60,6 +62,7 @@ def test_chat_options_reach_the_config(tmp_path: Path) -> None:
     assert (config.rate, config.burst) == (2.5, 5)
     assert (config.max_connections, config.max_connections_per_address) == (50, 5)
     assert (config.max_send_buffer, config.motd) == (65536, "hello")
+    assert (config.large_room, config.presence_interval) == (2000, 1.5)
 
 
 def test_chat_defaults() -> None:
@@ -70,6 +73,7 @@ def test_chat_defaults() -> None:
     assert (config.max_connections, config.max_connections_per_address) == (10000, 100)
     assert config.max_send_buffer == 1024 * 1024
     assert config.chat_compression is True
+    assert (config.large_room, config.presence_interval) == (500, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -111,6 +115,8 @@ def test_static_dir_is_taken(tmp_path: Path) -> None:
         (["--database", "/nonexistent/dir/chat.sqlite3"], "does not exist"),
         (["--allowed-origin", "chat.example.com"], "not an origin"),
         (["--chat-compression", "maybe"], "--chat-compression 'maybe': must be on or off"),
+        (["--large-room", "0"], "--large-room '0': must be at least 1"),
+        (["--presence-interval", "0"], "--presence-interval '0': must be at least 0.01"),
         (["--no-such-option"], "option --no-such-option not recognized"),
     ],
 )
