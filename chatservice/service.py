@@ -67,6 +67,20 @@ class _AnnouncingEndpoint:
         return d.addCallback(announce)
 
 
+#: Connections the kernel queues for a TCP port until they are accepted (Twisted's
+#: default is 50): a reconnect storm of thousands must not see refused SYNs.
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """A TCP or TLS endpoint string with a listen backlog of `LISTEN_BACKLOG`,
+    unless it sets one."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 def make_hub(config: Config, history: HistoryStore, clock: IReactorTime) -> Hub:
     """The chat hub as `config` describes it."""
     return Hub(
@@ -116,7 +130,7 @@ class ChatService(MultiService):
         self.listening: list[IListeningPort] = []
         for description in config.ports:
             # strports.service raises listen errors from privilegedStartService.
-            svc = strports.service(description, self.site, reactor=reactor)
+            svc = strports.service(with_backlog(description), self.site, reactor=reactor)
             svc.endpoint = _AnnouncingEndpoint(svc.endpoint, description, self.listening)
             svc.setServiceParent(self)
 

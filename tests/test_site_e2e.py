@@ -7,6 +7,7 @@ each in a thread while the reactor serves (`deferToThread`).
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,21 @@ async def test_every_port_serves_the_same_site(serve: Serve) -> None:
         url = f"ws://127.0.0.1:{port_of(service, index)}/echo"
         _, replies, _ = await deferToThread(echo_round_trip, url, [f"port {index}"])
         assert replies == [f"port {index}"]
+
+
+def test_tcp_ports_queue_a_reconnect_storm_and_a_backlog_given_is_kept(serve: Serve) -> None:
+    service = serve(ports=("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=7"))
+    backlogs = []
+    for index in (0, 1):
+        # ss shows a listening socket's backlog as its Send-Q.
+        out = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port_of(service, index)}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        backlogs.append(int(out[2]))
+    assert backlogs == [1024, 7]
 
 
 @pytest_twisted.ensureDeferred
