@@ -7,6 +7,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,54 @@ def test_history_and_ids_survive_sigkill_and_restart(twistd: Path, tmp_path: Pat
         server.wait(10)
     assert history["messages"] == delivered
     assert after["id"] > delivered[-1]["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_room_over_real_sockets(serve: Serve) -> None:
+    port = port_of(serve(database=":memory:", large_room=3, presence_interval=0.2))
+
+    def presence_until(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
+        events = [until(ws, "chat-presence")]
+        while events[-1]["count"] != count:
+            events.append(until(ws, "chat-presence"))
+        return events
+
+    def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        with chat(port) as first, chat(port, subprotocol=None) as term:
+            join(first, "first")  # after the text client, joined as a guest: 2 members
+            with ExitStack() as stack:
+                crowd = [stack.enter_context(chat(port)) for _ in range(5)]
+                for i, ws in enumerate(crowd):
+                    send(ws, "chat-join", username=f"m{i}", room="lobby")
+                    until(ws, "chat-users")
+                # m0 makes 3 (small), m1 makes the room large.
+                seen["single"] = until(first, "chat-join")["username"]
+                seen["gathered"] = presence_until(first, 7)
+                with chat(port) as late:
+                    send(late, "chat-join", username="late", room="lobby")
+                    seen["users"] = until(late, "chat-users")
+                    seen["late"] = presence_until(first, 8)
+                    crowd[0].close()
+                    seen["gone"] = presence_until(first, 7)
+            lines = [str(term.recv(timeout=10))]
+            while "left: " not in lines[-1]:
+                lines.append(str(term.recv(timeout=10)))
+            seen["lines"] = lines
+        return seen
+
+    seen = await deferToThread(scenario)
+    assert seen["single"] == "m0"
+    gathered = seen["gathered"]
+    assert sum(p["joins"] for p in gathered) == 4
+    assert sorted(n for p in gathered for n in p["joined"]) == ["m1", "m2", "m3", "m4"]
+    assert all(p["leaves"] == 0 for p in gathered)
+    assert seen["users"]["count"] == 8 and "late" in seen["users"]["users"]
+    assert [p["joined"] for p in seen["late"]][-1] == ["late"]
+    assert seen["gone"][-1]["left"] == ["m0"]
+    # The text client: single lines while the room was small, then gathered ones.
+    lines = seen["lines"]
+    assert "* m0 joined #lobby" in lines
+    assert not any(line.startswith("* m1 joined") for line in lines)
+    assert any(line.startswith("* #lobby: ") and "joined: " in line for line in lines)
+    assert lines[-1] == "* #lobby: 7 here; left: m0"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,60 @@ def test_member_list_and_typing_indicator_are_live(server: Twistd, pages: Pages)
     expect(log(alice, "lobby")).to_contain_text("robert left #lobby.")
     expect(log(bob, "lobby")).to_have_count(0)
     expect(bob.get_by_text("You are not in any room.")).to_be_visible()
+
+
+def test_a_large_room_shows_its_count_and_the_list_on_demand(
+    start_server: Callable[..., Twistd], pages: Pages
+) -> None:
+    server = start_server(
+        "--large-room", "3", "--presence-interval", "0.2", "--max-connections-per-address", "200"
+    )  # fmt: skip
+    watcher = pages.open(server.url)
+    enter_chat(watcher, "watcher")
+
+    def heading(page: Page) -> Locator:
+        return page.get_by_role("complementary").get_by_role("heading")
+
+    with ExitStack() as crowd:
+        sockets = [crowd.enter_context(ws_chat(server.port)) for _ in range(104)]
+        for i, ws in enumerate(sockets):
+            ws_send(ws, "chat-join", username=f"user{i:03d}", room="lobby")
+        for ws in sockets:
+            ws_until(ws, "chat-users", room="lobby")
+        expect(heading(watcher)).to_have_text("105 people here")
+        # The names only when asked: the watcher has them all if the changes it saw
+        # named everybody (at most 50 names per event), else it asks page by page.
+        expect(members(watcher)).to_have_count(0)
+        watcher.get_by_role("button", name="Show who is here").click()
+        expect(members(watcher).nth(99)).to_be_visible()
+        more = watcher.get_by_role("button", name="Show more")
+        if more.is_visible():
+            more.click()
+        expect(members(watcher)).to_have_count(105)
+        expect(more).to_be_hidden()
+
+        # A newcomer gets the count and the first 100 names; more a page at a time.
+        late = pages.open(server.url)
+        enter_chat(late, "late")
+        expect(heading(late)).to_have_text("106 people here")
+        late.get_by_role("button", name="Show who is here").click()
+        expect(members(late)).to_have_count(100)
+        expect(members(late).first).to_have_text("late (you)")
+        late.get_by_role("button", name="Show more").click()
+        expect(members(late)).to_have_count(106)
+        expect(members(late).last).to_have_text("watcher")
+        expect(late.get_by_role("button", name="Show more")).to_be_hidden()
+        # No line per person joining in the log of a large room.
+        expect(heading(watcher)).to_have_text("106 people here")
+        expect(log(watcher, "lobby")).not_to_contain_text("late joined")
+        expect(log(watcher, "lobby")).not_to_contain_text("user050 joined")
+
+        for ws in sockets[:50]:
+            ws.close()
+        expect(heading(watcher)).to_have_text("56 people here")
+        expect(heading(late)).to_have_text("56 people here")
+        expect(members(watcher)).to_have_count(56)
+        expect(members(watcher).filter(has_text="user000")).to_have_count(0)
 
 
 def test_errors_are_shown_in_words(start_server: Callable[..., Twistd], pages: Pages) -> None:

@@ -91,7 +91,7 @@ function show(room, { focus = false } = {}) {
   $("empty").hidden = true;
   $("leave").hidden = false;
   $("composer").hidden = false;
-  renderUsers(room, client.rooms.get(room)?.users ?? []);
+  renderUsers(room);
   renderTyping(room, [...(client.rooms.get(room)?.typing.keys() ?? [])]);
   scrollToEnd(view, true);
   updateComposer();
@@ -150,18 +150,51 @@ function systemLine(room, text, kind = "event", time = undefined) {
 
 // Members and typing.
 
-function renderUsers(room, users) {
+// A large room (over the server's --large-room) shows its count, and its names
+// only when asked: a page at a time, as the server sends them.
+const membersShown = new Set(); // large rooms whose member list was asked for
+
+function renderUsers(room) {
   if (room !== current) return;
-  $("members-title").textContent = `In this room (${users.length})`;
+  const state = client.rooms.get(room);
+  const users = state?.users ?? [];
+  const count = state?.count || users.length;
+  const large = state?.large ?? false;
+  const shown = !large || membersShown.has(room);
+  $("members-title").textContent = large
+    ? `${count} ${count === 1 ? "person" : "people"} here`
+    : `In this room (${users.length})`;
   const list = $("member-list");
+  list.hidden = !shown;
   list.replaceChildren(
-    ...users.map((name) => {
+    ...(shown ? users : []).map((name) => {
       const item = el("li", name === client.username ? "member own" : "member", name);
       if (name === client.username) item.append(el("span", "you", " (you)"));
       return item;
     }),
   );
+  const toggle = $("members-toggle");
+  toggle.hidden = !large;
+  toggle.textContent = shown ? "Hide list" : "Show who is here";
+  toggle.setAttribute("aria-expanded", String(shown));
+  $("members-more").hidden = !(large && shown && state && !state.complete);
 }
+
+$("members-toggle").addEventListener("click", () => {
+  if (current === null) return;
+  if (membersShown.has(current)) membersShown.delete(current);
+  else {
+    membersShown.add(current);
+    const state = client.rooms.get(current);
+    // What we have may be stale: the list again from the start.
+    if (state && !state.complete && !state.next) client.moreUsers(current);
+  }
+  renderUsers(current);
+});
+
+$("members-more").addEventListener("click", () => {
+  if (current !== null) client.moreUsers(current);
+});
 
 function renderTyping(room, names) {
   if (room !== current) return;
@@ -312,7 +345,7 @@ const client = new ChatClient({
     if (message.username === client.username && lastSent?.text === message.message) lastSent = null;
   },
 
-  users: renderUsers,
+  users: (room) => renderUsers(room),
 
   presence(kind, p) {
     const verb = kind === "join" ? "joined" : "left";
@@ -337,9 +370,10 @@ const client = new ChatClient({
         $("leave").hidden = true;
         $("composer").hidden = true;
         $("typing").textContent = "";
-        renderUsers(null, []);
         $("members-title").textContent = "In this room";
         $("member-list").replaceChildren();
+        $("members-toggle").hidden = true;
+        $("members-more").hidden = true;
         $("room-input").focus();
       }
     }
@@ -358,7 +392,7 @@ const client = new ChatClient({
     const text = mine ? `You are now known as ${name}.` : `${old} is now known as ${name}.`;
     for (const room of rooms) if (views.has(room)) systemLine(room, text, "event");
     if (mine && rooms.length === 0 && current !== null) systemLine(current, text, "event");
-    if (current !== null) renderUsers(current, client.rooms.get(current)?.users ?? []);
+    if (current !== null) renderUsers(current);
   },
 
   notice(p) {

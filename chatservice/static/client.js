@@ -33,7 +33,11 @@ class Room {
     this.name = name;
     this.lastId = 0; // the highest message id seen here: `since` on reconnect
     this.seen = new Set(); // ids already shown: nothing twice
-    this.users = [];
+    this.users = []; // names known here, sorted; all of them when `complete`
+    this.count = 0; // members, as the server last said
+    this.complete = true; // `users` holds every member
+    this.next = null; // the cursor for the next page of names, if any
+    this.large = false; // over the server's --large-room: presence comes as counts
     this.typing = new Map(); // username -> time (ms) the indicator expires
     this.joined = false; // the server confirmed the join on this connection
     this.synced = false; // had its history once: later joins pass `since`
@@ -61,7 +65,8 @@ export class ChatClient {
   /**
    * @param {object} ui callbacks, all optional: status(state), welcome(payload),
    *   named(username), joined(room), history(room, messages, {recovered, rejoin, reset}),
-   *   message(room, message), users(room, users), presence(kind, payload),
+   *   message(room, message), users(room, users, {count, complete, large}),
+ *   presence(kind, payload),
    *   typing(room, names), left(room), renamed(old, new), notice(payload),
    *   error(payload)
    */
@@ -182,6 +187,17 @@ export class ChatClient {
     return this._send("chat-nick", { username: username.trim() });
   }
 
+  /**
+   * Ask for more of a room's member names: the next page, or the list again from
+   * the start when what we have went stale (a large room's presence events carry
+   * counts, not every name).
+   */
+  moreUsers(name) {
+    const room = this.rooms.get(name);
+    if (!room || room.complete) return false;
+    return this._send("chat-users", room.next ? { room: name, after: room.next } : { room: name });
+  }
+
   _forget(name) {
     this.rooms.delete(name);
     this.ui.left?.(name);
@@ -203,6 +219,7 @@ export class ChatClient {
       "chat-users": () => this._users(p),
       "chat-join": () => this._presence("join", p),
       "chat-leave": () => this._leaveEvent(p),
+      "chat-presence": () => this._crowd(p),
       "chat-message": () => this._message(p),
       "chat-typing": () => this._typing(p),
       "chat-nick": () => this._nick(p),
@@ -258,18 +275,58 @@ export class ChatClient {
   _users(p) {
     const room = this.rooms.get(p.room);
     if (!room) return;
-    room.users = sortNames(p.users ?? []);
-    this.ui.users?.(p.room, room.users);
+    const names = p.users ?? [];
+    if (p.after != null) {
+      if (p.after !== room.next) return; // an answer we no longer wait for
+      room.users = sortNames([...new Set([...room.users, ...names])]);
+    } else {
+      room.users = sortNames(names);
+    }
+    room.count = p.count ?? room.users.length;
+    room.next = p.next ?? null;
+    room.complete = room.next === null && room.users.length >= room.count;
+    if (!room.complete) room.large = true;
+    this._showUsers(room);
+  }
+
+  _showUsers(room) {
+    const { count, complete, large } = room;
+    this.ui.users?.(room.name, room.users, { count, complete, large });
   }
 
   _presence(kind, p) {
     const room = this.rooms.get(p.room);
     if (!room) return;
+    room.large = false;
     if (kind === "join" && !room.users.includes(p.username)) {
       room.users = sortNames([...room.users, p.username]);
+      room.count += 1;
     }
-    this.ui.users?.(p.room, room.users);
+    this._showUsers(room);
     if (p.username !== this.username) this.ui.presence?.(kind, p);
+  }
+
+  /** A large room's gathered presence: the count, and names as far as they go. */
+  _crowd(p) {
+    const room = this.rooms.get(p.room);
+    if (!room) return;
+    room.large = true;
+    room.count = p.count ?? room.count;
+    const joined = p.joined ?? [];
+    const left = new Set(p.left ?? []);
+    let users = room.users;
+    for (const { old, new: name } of p.renamed ?? []) {
+      users = users.map((u) => (u === old ? name : u));
+      if (room.typing.delete(old)) this._showTyping(room);
+    }
+    users = users.filter((u) => !left.has(u));
+    // A partial list is the first pages: a newcomer may sort anywhere in it.
+    if (room.complete) users = [...users, ...joined.filter((u) => !users.includes(u))];
+    room.users = sortNames(users);
+    const exact = (p.joins ?? 0) === joined.length && (p.leaves ?? 0) === left.size;
+    room.complete = room.complete && exact && room.users.length === room.count;
+    for (const name of left) room.typing.delete(name);
+    this._showUsers(room);
   }
 
   _leaveEvent(p) {
@@ -279,9 +336,11 @@ export class ChatClient {
       this._forget(p.room);
       return;
     }
+    room.large = false;
     room.users = room.users.filter((u) => u !== p.username);
+    room.count = Math.max(0, room.count - 1);
     room.typing.delete(p.username);
-    this.ui.users?.(p.room, room.users);
+    this._showUsers(room);
     this._showTyping(room);
     this.ui.presence?.("leave", p);
   }
@@ -326,7 +385,7 @@ export class ChatClient {
     for (const room of this.rooms.values()) {
       if (!room.users.includes(p.old)) continue;
       room.users = sortNames(room.users.map((u) => (u === p.old ? p.new : u)));
-      this.ui.users?.(room.name, room.users);
+      this._showUsers(room);
       if (room.typing.delete(p.old)) this._showTyping(room);
     }
     this.ui.renamed?.(p.old, p.new, { mine, rooms: p.rooms ?? [] });
