@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from chatservice import __version__, masking
+from chatservice import __version__, masking, quiet
 from chatservice.config import Config
 from chatservice.frames import TextFrame
 from chatservice.hub import Hub, Session
@@ -57,6 +57,7 @@ _log = Logger()
 
 # Client frames up to 1 KiB are unmasked without Autobahn's per-frame cffi set-up.
 masking.install()
+quiet.install()
 
 SERVER_NAME = f"chatservice/{__version__}"
 
