@@ -18,10 +18,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from chatservice import logs
 from chatservice.hub import JOIN_HISTORY, HistoryStore, Hub
 from chatservice.messages import ProtocolError, check_room, clean_username
 
-_log = Logger()
+_log = Logger(observer=logs.filtered)
 
 #: Largest request body the API reads.
 MAX_BODY = 64 * 1024

@@ -38,7 +38,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-_log = Logger()
+from chatservice import logs
+
+_log = Logger(observer=logs.filtered)
 
 T = TypeVar("T")
 

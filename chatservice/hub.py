@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatservice import logs
 from chatservice.history import StoredMessage
 from chatservice.messages import (
     MAX_ROOM_LENGTH,
@@ -40,7 +41,7 @@ from chatservice.metrics import Counters
 from chatservice.policy import FloodGuard, TokenBucket
 from chatservice.presence import USERS_PAGE, Changes, Roster
 
-_log = Logger()
+_log = Logger(observer=logs.filtered)
 
 #: How many messages a join without `since` gets.
 JOIN_HISTORY = 50

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from chatservice import __version__, masking, quiet
+from chatservice import __version__, logs, masking, quiet
 from chatservice.config import Config
 from chatservice.frames import TextFrame
 from chatservice.hub import Hub, Session
@@ -53,7 +53,7 @@ from chatservice.metrics import (
 from chatservice.policy import ConnectionLimits, OriginPolicy
 
 # Autobahn's protocol classes own `self.log`; ours is module level.
-_log = Logger()
+_log = Logger(observer=logs.filtered)
 
 # Client frames up to 1 KiB are unmasked without Autobahn's per-frame cffi set-up.
 masking.install()

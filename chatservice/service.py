@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from chatservice import logs
 from chatservice.config import Config
 from chatservice.frames import TextFrame
 from chatservice.history import History, ThreadExecutor, immediate_executor
@@ -32,7 +33,7 @@ from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.systemd import Notifier
 from chatservice.web import ChatSite, make_site
 
-_log = Logger()
+_log = Logger(observer=logs.filtered)
 
 
 @implementer(IStreamServerEndpoint)
@@ -119,6 +120,7 @@ class ChatService(MultiService):
 
             reactor = global_reactor
         self.config = config
+        logs.set_level(config.log_level)
         self.reactor = reactor
         self._executor: ThreadExecutor | None = None
         self._history_open = False
@@ -268,6 +270,7 @@ class ChatService(MultiService):
             changed=", ".join(changed) or "nothing changed",
             ignored=", ".join(ignored) or "nothing",
         )
+        logs.set_level(new.log_level)  # after saying so: at warn the line above is info
 
     def _open_history(self) -> None:
         """Load the history before any port listens: at start-up, blocking is fine."""

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 
 from twisted.logger import Logger
 
-_log = Logger()
+from chatservice import logs
+
+_log = Logger(observer=logs.filtered)
 
 
 class Notifier:

@@ -10,12 +10,14 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from prometheus_client import CollectorRegistry
+from twisted.logger import LogLevel
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import static
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from chatservice import logs
 from chatservice.api import Api, Health
 from chatservice.config import Config
 from chatservice.history import History
@@ -170,3 +172,8 @@ class ChatSite(Site):
     websocket_factories: tuple[EndpointFactory, ...] = ()
     health: Health
     metrics: Metrics
+
+    def log(self, request: Any) -> None:
+        """The access log line of `request`: an info event, so not below ``--log-level``."""
+        if logs.enabled(LogLevel.info):
+            super().log(request)

@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -479,3 +480,45 @@ def test_sighup_reopens_the_log_file_after_logrotate_moved_it(twistd: Path, tmp_
         server.terminate()
         server.wait(10)
     assert "conn=1 open" not in (tmp_path / "chatservice.log.1").read_text()
+
+
+def test_log_level_warn_writes_no_info_lines(twistd: Path, tmp_path: Path) -> None:
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text('log-level = "info"\n')
+    server, port = start_twistd(
+        twistd, "--config", str(config_file), "--database", ":memory:", cwd=tmp_path
+    )
+    assert server.stdout is not None
+
+    def use_it() -> None:
+        with connect(f"ws://127.0.0.1:{port}/chat") as ws:
+            ws.recv(timeout=10)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read()
+
+    def lines_until(text: str) -> list[str]:
+        assert server.stdout is not None
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if text in line:
+                return lines
+        raise AssertionError(f"no {text!r} in {lines}")
+
+    try:
+        use_it()
+        at_info = lines_until('"GET /healthz HTTP/1.1" 200')
+        config_file.write_text('log-level = "warn"\n')
+        server.send_signal(signal.SIGHUP)
+        lines_until("SIGHUP: reloaded log_level")
+        use_it()
+        config_file.write_text("log-level = [not toml")
+        server.send_signal(signal.SIGHUP)  # a warning: the mark after the quiet part
+        at_warn = lines_until("SIGHUP: the configuration is not valid")
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert any("chatservice.protocol#info" in line and " open " in line for line in at_info)
+    assert any("chatservice.hub#info" in line for line in at_info)
+    # A chat connection and an HTTP request at warn: not a line of them.
+    assert at_warn[-1].split(" ", 1)[1].startswith("[chatservice.service#warn]")
+    assert [line for line in at_warn if "#info]" in line or "GET /" in line] == []
