@@ -34,6 +34,8 @@ from chatservice.systemd import Notifier
 from chatservice.web import ChatSite, make_site
 
 _log = Logger(observer=logs.filtered)
+#: For the few lines written at any --log-level.
+_always = Logger()
 
 
 @implementer(IStreamServerEndpoint)
@@ -54,8 +56,10 @@ class _AnnouncingEndpoint:
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         def announce(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
+            pace_accepts(port)
             address = port.getHost()
-            _log.info(
+            # At any --log-level: scripts (and people) read the port from it.
+            _always.info(
                 "chatservice listening on {address} (from {description!r})",
                 address=str(address),
                 host=getattr(address, "host", None),
@@ -66,6 +70,31 @@ class _AnnouncingEndpoint:
 
         d: Deferred[IListeningPort] = self._endpoint.listen(factory)
         return d.addCallback(announce)
+
+
+#: New connections a port accepts in one reactor iteration, at most.
+ACCEPTS_PER_ITERATION = 32
+
+
+def pace_accepts(port: IListeningPort) -> None:
+    """Accept at most `ACCEPTS_PER_ITERATION` connections per reactor iteration.
+
+    Twisted's port accepts ``numberAccepts`` connections per iteration and adds 20
+    whenever it took them all, so during a reconnect storm one iteration takes in
+    hundreds, handles all their handshakes and joins (about 1 ms each) before
+    anything else, and room messages wait for seconds.  Capped, the handshakes
+    are spread over many short iterations, with room messages delivered between
+    them; the rate of joins stays what the CPU allows.
+    """
+    if not hasattr(port, "numberAccepts"):
+        return  # not a Twisted stream port (e.g. a test double)
+    accept = port.doRead  # type: ignore[attr-defined]
+
+    def doRead() -> Any:
+        port.numberAccepts = min(port.numberAccepts, ACCEPTS_PER_ITERATION)  # type: ignore[attr-defined]
+        return accept()
+
+    port.doRead = doRead  # type: ignore[attr-defined]
 
 
 #: Connections the kernel queues for a TCP port until they are accepted (Twisted's

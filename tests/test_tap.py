@@ -522,3 +522,15 @@ def test_log_level_warn_writes_no_info_lines(twistd: Path, tmp_path: Path) -> No
     # A chat connection and an HTTP request at warn: not a line of them.
     assert at_warn[-1].split(" ", 1)[1].startswith("[chatservice.service#warn]")
     assert [line for line in at_warn if "#info]" in line or "GET /" in line] == []
+
+
+def test_the_listening_line_is_written_at_any_log_level(twistd: Path, tmp_path: Path) -> None:
+    # Scripts read the port from it (start_twistd does).
+    server, port = start_twistd(
+        twistd, "--log-level", "error", "--database", ":memory:", cwd=tmp_path
+    )
+    try:
+        assert port > 0
+    finally:
+        server.terminate()
+        server.wait(10)
