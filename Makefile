@@ -1,6 +1,6 @@
 # Shortcuts for developers; the README's commands are the scripts themselves
 # (a fresh Debian machine may have no make).
-.PHONY: run test test-quick autobahn autobahn-quick bench bench-broadcast bench-deflate lint
+.PHONY: run test test-quick autobahn autobahn-quick bench bench-broadcast bench-deflate bench-storm lint
 
 run:
 	scripts/run
@@ -18,6 +18,8 @@ bench-broadcast:
 	scripts/setup-venv test && .venv/bin/python bench/broadcast_bench.py
 bench-deflate:
 	scripts/setup-venv test && .venv/bin/python bench/deflate_bench.py
+bench-storm:
+	scripts/setup-venv test && .venv/bin/python bench/storm_bench.py
 lint:
 	scripts/setup-venv test && .venv/bin/python -m pip install --quiet ruff mypy mypy-zope && \
 	  .venv/bin/ruff check chatservice tests scripts bench twisted && .venv/bin/ruff format --check chatservice tests scripts bench twisted && .venv/bin/mypy chatservice

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -149,6 +150,27 @@ def twistd() -> Path:
     if not path.exists():
         raise BenchError(f"{path} not found: is chatservice installed in this environment?")
     return path
+
+
+def raise_open_files_limit(needed: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; children inherit it.
+
+    Returns:
+        The new soft limit.
+
+    Raises:
+        BenchError: The hard limit is below `needed`.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = int(Path("/proc/sys/fs/nr_open").read_text())
+    if hard < needed:
+        raise BenchError(
+            f"the open-files hard limit is {hard}, {needed} are needed: raise it "
+            "(ulimit -Hn, limits.conf) or pass fewer connections"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def stop(process: subprocess.Popen[Any]) -> None:

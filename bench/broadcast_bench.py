@@ -55,7 +55,6 @@ it exits.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -75,6 +74,7 @@ from _common import (
     find_node,
     main_of,
     notes_on,
+    raise_open_files_limit,
     ratio_of,
     run_loadgen,
     running_server,
@@ -237,27 +237,6 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         message_size=args.message_size,
         compare_deflate=args.compare_deflate,
     )
-
-
-def raise_open_files_limit(needed: int) -> int:
-    """Raise this process's soft RLIMIT_NOFILE to the hard limit; children inherit it.
-
-    Returns:
-        The new soft limit.
-
-    Raises:
-        BenchError: The hard limit is below `needed`.
-    """
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = int(Path("/proc/sys/fs/nr_open").read_text())
-    if hard < needed:
-        raise BenchError(
-            f"the open-files hard limit is {hard}, {needed} are needed: raise it "
-            "(ulimit -Hn, limits.conf) or pass a smaller --memory-connections"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def server_command(name: str) -> list[str]:
