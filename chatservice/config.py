@@ -78,7 +78,7 @@ class Config:
     max_send_buffer: int = 1 * MiB
     chat_compression: bool = True
     large_room: int = 500
-    presence_interval: float = 0.5
+    presence_interval: float = 1.0
     motd: str = ""
     shutdown_timeout: float = 5.0
     admin_token: str = ""

@@ -50,7 +50,7 @@ CLOSE_POLICY = 1008
 #: Rooms with more members than this are large (docs/protocol.md, "Large rooms").
 LARGE_ROOM = 500
 #: Seconds between two ``chat-presence`` events of a large room, at least.
-PRESENCE_INTERVAL = 0.5
+PRESENCE_INTERVAL = 1.0
 #: Different join histories of one room kept encoded until its next message.
 HISTORY_FRAMES = 16
 
@@ -416,7 +416,8 @@ class Hub:
             self._to_room(room, event)
         if tell_leaver:
             session.member.send_event(event)
-        _log.info(
+        # A closed connection's leaves are debug lines: its close was logged (at info).
+        (_log.info if tell_leaver else _log.debug)(
             "conn={conn_id} {username} left {room}",
             conn_id=session.member.conn_id,
             username=session.name,

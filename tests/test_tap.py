@@ -74,7 +74,7 @@ def test_chat_defaults() -> None:
     assert (config.max_connections, config.max_connections_per_address) == (10000, 100)
     assert config.max_send_buffer == 1024 * 1024
     assert config.chat_compression is True
-    assert (config.large_room, config.presence_interval) == (500, 0.5)
+    assert (config.large_room, config.presence_interval) == (500, 1.0)
 
 
 @pytest.mark.parametrize(
