@@ -173,6 +173,20 @@ def raise_open_files_limit(needed: int) -> int:
     return hard
 
 
+def chatservice_command(*options: str) -> list[str]:
+    """``twistd chatservice`` in the foreground on a free loopback port, with `options`
+    (it announces the port in its log, see `running_server`)."""
+    return [
+        str(twistd()),
+        "-n",
+        "--pidfile=",
+        "chatservice",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        *options,
+    ]
+
+
 def stop(process: subprocess.Popen[Any]) -> None:
     """Terminate a process we started, and kill it if it does not stop in time."""
     if process.poll() is not None:

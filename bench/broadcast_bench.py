@@ -69,6 +69,7 @@ from _common import (
     BenchError,
     Pinning,
     ServerCpuWindow,
+    chatservice_command,
     choose_pinning,
     environment,
     find_node,
@@ -78,7 +79,6 @@ from _common import (
     ratio_of,
     run_loadgen,
     running_server,
-    twistd,
 )
 
 LOADGEN = BENCH_DIR / "broadcast_loadgen.mjs"
@@ -244,16 +244,7 @@ def server_command(name: str) -> list[str]:
     if name == "chatservice":
         # Default options (log level info, limits) but a fresh in-memory
         # database, so every run starts with empty rooms.
-        return [
-            str(twistd()),
-            "-n",
-            "--pidfile=",
-            "chatservice",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--database",
-            ":memory:",
-        ]
+        return chatservice_command("--database", ":memory:")
     return [sys.executable, str(REFERENCE)]
 
 

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, Pinning, main_of, running_server, twistd
+from _common import BenchError, Pinning, chatservice_command, main_of, running_server
 
 from chatservice.frames import DEFLATE_MIN_SIZE, TextFrame, deflate, frame, window_for
 from chatservice.messages import encode_json
@@ -273,11 +273,9 @@ def _next_frame(sock: socket.socket, data: bytes) -> tuple[int, bytes, int, byte
 
 def history_on_the_wire(history: int) -> dict[str, Any]:
     """Join history bytes without and with deflate, from a real server."""
-    command = [
-        str(twistd()), "-n", "--pidfile=", "chatservice",
-        "--port", "tcp:0:interface=127.0.0.1", "--database", ":memory:",
-        "--admin-token", TOKEN, "--history", str(history),
-    ]  # fmt: skip
+    command = chatservice_command(
+        "--database", ":memory:", "--admin-token", TOKEN, "--history", str(history)
+    )
     with (
         tempfile.TemporaryDirectory(prefix="deflate-bench-") as tmp,
         running_server("chatservice", command, Pinning((), (), "none"), Path(tmp)) as (_, port),

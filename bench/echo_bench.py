@@ -37,6 +37,7 @@ from _common import (
     BenchError,
     Pinning,
     ServerCpuWindow,
+    chatservice_command,
     choose_pinning,
     ensure_loadgen,
     environment,
@@ -45,7 +46,6 @@ from _common import (
     ratio_of,
     run_loadgen,
     running_server,
-    twistd,
 )
 
 LOADGEN = BENCH_DIR / "loadgen.mjs"
@@ -121,14 +121,7 @@ def server_command(name: str) -> list[str]:
     """The command that starts server `name` on a free loopback port."""
     if name == "chatservice":
         # Default log level (info), as a user runs it.
-        return [
-            str(twistd()),
-            "-n",
-            "--pidfile=",
-            "chatservice",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-        ]
+        return chatservice_command()
     return [sys.executable, str(REFERENCE)]
 
 

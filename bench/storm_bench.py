@@ -57,6 +57,7 @@ from typing import Any
 from _common import (
     BENCH_DIR,
     Pinning,
+    chatservice_command,
     choose_pinning,
     cpu_seconds,
     ensure_loadgen,
@@ -65,7 +66,6 @@ from _common import (
     raise_open_files_limit,
     run_loadgen,
     running_server,
-    twistd,
 )
 
 LOADGEN = BENCH_DIR / "storm_loadgen.mjs"
@@ -130,13 +130,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 
 def server_command(params: Params) -> list[str]:
     limit = str(3 * (params.connections + params.speakers))
-    return [
-        str(twistd()),
-        "-n",
-        "--pidfile=",
-        "chatservice",
-        "--port",
-        "tcp:0:interface=127.0.0.1",
+    return chatservice_command(
         "--database",
         ":memory:",
         # Enough kept that a member reconnecting at the end of a storm recovers what
@@ -149,7 +143,7 @@ def server_command(params: Params) -> list[str]:
         "--max-connections-per-address",
         str(3 * PER_ADDRESS),
         *params.server_args,
-    ]
+    )
 
 
 class StormWindows:

@@ -223,10 +223,12 @@ class Speaker {
   }
 
   start() {
-    this.timer = setInterval(() => {
+    const speak = () => {
       storm.sent += 1;
       this.member.send("chat-message", { room: measuredRoom, message: `${performance.now().toFixed(3)} storm` });
-    }, 1000 / opts.speakerRate);
+    };
+    speak(); // at once: even a short storm has its samples
+    this.timer = setInterval(speak, 1000 / opts.speakerRate);
   }
 
   stop() {

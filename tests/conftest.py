@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 import txaio
+from members import Prepare
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from chatservice.config import Config
+from chatservice.history import History, immediate_executor
 from chatservice.service import ChatService
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
@@ -26,6 +28,20 @@ def clock() -> Iterator[Clock]:
         yield txaio.config.loop
     finally:
         txaio.config.loop = previous
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> History:
+    """A message store keeping 100 per room, written synchronously (no thread)."""
+    store = History(str(tmp_path / "h.sqlite3"), 100, immediate_executor)
+    store.open()
+    return store
+
+
+@pytest.fixture
+def prepare() -> Prepare:
+    """The hub's framing step, counting its calls (the frame is the encoded bytes)."""
+    return Prepare()
 
 
 @pytest.fixture

@@ -25,18 +25,6 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def history(tmp_path: Any) -> History:
-    store = History(str(tmp_path / "h.sqlite3"), 100, immediate_executor)
-    store.open()
-    return store
-
-
-@pytest.fixture
-def prepare() -> Prepare:
-    return Prepare()
-
-
-@pytest.fixture
 def hub(history: History, clock: Clock, prepare: Prepare) -> Hub:
     return Hub(history, clock, prepare, server="chatservice/test", motd="be nice")
 

@@ -6,13 +6,12 @@ Driven without a reactor or sockets; a Clock drives the presence interval.
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import pytest
 from members import Client, Prepare, joined
 from twisted.internet.task import Clock
 
-from chatservice.history import History, immediate_executor
+from chatservice.history import History
 from chatservice.hub import Hub
 from chatservice.messages import TEXT, Join, Leave, Nick, Say, Typing, Users
 from chatservice.messages import ProtocolError as Refused
@@ -28,18 +27,6 @@ def clock() -> Clock:
     clock = Clock()
     clock.advance(1_790_000_000.0)
     return clock
-
-
-@pytest.fixture
-def history(tmp_path: Any) -> History:
-    store = History(str(tmp_path / "h.sqlite3"), 100, immediate_executor)
-    store.open()
-    return store
-
-
-@pytest.fixture
-def prepare() -> Prepare:
-    return Prepare()
 
 
 @pytest.fixture
