@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from chatservice import logs
@@ -109,6 +109,10 @@ class ChatLimits:
             "max_username_length": MAX_USERNAME_LENGTH,
             "max_room_length": MAX_ROOM_LENGTH,
         }
+
+
+def _debugging() -> bool:
+    return logs.enabled(LogLevel.debug)
 
 
 def iso_time(seconds: float) -> str:
@@ -399,30 +403,42 @@ class Hub:
         del session.rooms[name]
         room = self.rooms[name]
         room.remove(session)
-        event: Event = (
-            "chat-leave",
-            {"username": session.name, "room": name, "time": self._now()},
-        )
+        assert session.name is not None  # joined, so named
+        tell_room = False
         if not room.sessions:
             if room.flush is not None:
                 room.flush.cancel()
             del self.rooms[name]
         elif self._is_large(room):
-            assert session.name is not None
             room.changes.leave(session.name)
             self._schedule_presence(room)
         else:
             self._flush_presence(room)
-            self._to_room(room, event)
+            tell_room = True
+        if tell_room or tell_leaver:
+            event: Event = (
+                "chat-leave",
+                {"username": session.name, "room": name, "time": self._now()},
+            )
+            if tell_room:
+                self._to_room(room, event)
+            if tell_leaver:
+                session.member.send_event(event)
         if tell_leaver:
-            session.member.send_event(event)
-        # A closed connection's leaves are debug lines: its close was logged (at info).
-        (_log.info if tell_leaver else _log.debug)(
-            "conn={conn_id} {username} left {room}",
-            conn_id=session.member.conn_id,
-            username=session.name,
-            room=name,
-        )
+            _log.info(
+                "conn={conn_id} {username} left {room}",
+                conn_id=session.member.conn_id,
+                username=session.name,
+                room=name,
+            )
+        elif _debugging():
+            # A closed connection's close is logged (at info); its leaves only when debugging.
+            _log.debug(
+                "conn={conn_id} {username} left {room} (closed)",
+                conn_id=session.member.conn_id,
+                username=session.name,
+                room=name,
+            )
 
     def publish(self, room: str, username: str, message: str) -> Deferred[StoredMessage]:
         """Say `message` in `room` as `username` (not a connection: the HTTP API).
