@@ -14,6 +14,7 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import (
     PerMessageDeflate,
@@ -67,6 +68,10 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSING = WebSocketProtocol.STATE_CLOSING
+#: How many close handshake timeouts (1 s each) in a row we wait for the close
+#: frame of a peer that is still sending (see `ServerProtocol.onCloseHandshakeTimeout`).
+CLOSING_WAITS = 10
 #: Bytes handed to Autobahn's frame parser at a time (see `ServerProtocol.dataReceived`).
 _RECEIVE_PIECE = 4096
 
@@ -153,6 +158,9 @@ class ServerProtocol(WebSocketServerProtocol):
 
     conn_id = 0
     _opened_at: float | None = None
+    #: Bytes received since our close frame (counted only while closing).
+    _received_while_closing = 0
+    _closing_waits = 0
     _path = ""
     _counted_address: str | None = None
 
@@ -190,11 +198,54 @@ class ServerProtocol(WebSocketServerProtocol):
         # receive buffer, copying what follows each time: many small frames in
         # one 64 KiB read cost a quadratic amount of copying.  Pieces bound it.
         # (Calling _dataReceived also skips formatting a debug line per read.)
+        if self.state == _CLOSING:
+            self._received_while_closing += len(data)
         if len(data) <= _RECEIVE_PIECE:
             self._dataReceived(data)
             return
         for start in range(0, len(data), _RECEIVE_PIECE):
             self._dataReceived(data[start : start + _RECEIVE_PIECE])
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        before = self.closeHandshakeTimeoutCall
+        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+        timeout = self.closeHandshakeTimeoutCall
+        if timeout is not None and timeout is not before:
+            # Autobahn's timer puts the call in a bucket of whole seconds
+            # (txaio's batched timer truncates `now + delay`): a 1 s timeout
+            # fired after anything from 0 to 1 s.  Ours waits the full time.
+            timeout.cancel()
+            self._wait_for_close_reply()
+
+    def onCloseHandshakeTimeout(self) -> None:
+        """Wait for the peer's close frame while it is still sending, up to `CLOSING_WAITS`.
+
+        Autobahn drops the connection `closeHandshakeTimeout` (1 s) after our
+        close frame.  A peer in the middle of sending a message we refused as
+        too big (1009) answers only once it has sent all of it, and closing a
+        socket with unread data sends a TCP reset, which destroys our close
+        frame at the peer: it would see "connection reset", not 1009.  So the
+        timeout starts again while bytes keep coming, up to `CLOSING_WAITS` times.
+        """
+        if (
+            self.state == _CLOSING
+            and self._received_while_closing
+            and self._closing_waits < CLOSING_WAITS
+        ):
+            self._received_while_closing = 0
+            self._closing_waits += 1
+            self._wait_for_close_reply()
+            return
+        super().onCloseHandshakeTimeout()
+
+    def _wait_for_close_reply(self) -> None:
+        """Time out the closing handshake in `closeHandshakeTimeout` seconds."""
+        delay: float = self.closeHandshakeTimeout  # type: ignore[attr-defined]
+        self.closeHandshakeTimeoutCall = txaio.call_later(  # type: ignore[attr-defined]
+            delay, self.onCloseHandshakeTimeout
+        )
 
     def _slim(self) -> None:
         """Drop what only the handshake needed, and compact what is left.

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from memory import client_frame
+from memory import client_frame, server_frames
 from net import http_get, port_of, raw_websocket
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -155,6 +155,42 @@ async def test_over_16_mib_closes_1009_also_when_compressed(serve: Serve) -> Non
     assert await deferToThread(send_and_expect_close, url, too_big, compression=None) == 1009
     # With permessage-deflate this is a frame of a few KiB that inflates past the limit.
     assert await deferToThread(send_and_expect_close, url, too_big, compression="deflate") == 1009
+
+
+def upload_slowly_after_refusal(port: int, size: int, pieces: int, pause: float) -> bytes:
+    """Send a message of `size` bytes in `pieces`, `pause` s apart, then read.
+
+    Returns what the server sent until it closed: a client like `websockets`
+    reads it only once it has sent the whole message.
+    """
+    sock = raw_websocket(port, "/echo")
+    frame = client_frame(b"x" * size, opcode=0x2)
+    step = -(-len(frame) // pieces)
+    for start in range(0, len(frame), step):
+        sock.sendall(frame[start : start + step])
+        time.sleep(pause)
+    received = b""
+    while not server_frames(received)[0]:
+        received += sock.recv(4096)
+    sock.close()
+    return received
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_still_sending_a_refused_message_gets_1009_not_a_reset(
+    serve: Serve,
+) -> None:
+    # The server refuses the message at its header, but the client answers the
+    # close frame only after it has sent the rest: 2 s here, longer than the
+    # 1 s closing handshake timeout.  Dropping the connection with its data
+    # unread would reset it, and the client would never read the 1009.
+    port = port_of(serve(echo_max_message_size=1024))
+    received = await deferToThread(upload_slowly_after_refusal, port, 64 * 1024, 5, 0.4)
+    frames, rest = server_frames(received)
+    assert rest == b""
+    assert [(first, payload[:2]) for first, payload in frames] == [
+        (0x88, (1009).to_bytes(2, "big"))
+    ]
 
 
 def offer_only(url: str, subprotocols: list[str]) -> int:
