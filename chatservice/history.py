@@ -267,6 +267,11 @@ class History:
             return [], True
         return [m for m in cached.messages if m.id > since_id], True
 
+    def newest(self, room: str) -> int:
+        """The id of the last message said in ``room`` (kept or not); 0 if none."""
+        cached = self._rooms.get(room)
+        return cached.newest_id if cached is not None else 0
+
     def rooms(self) -> list[str]:
         """The names of the rooms that have kept messages, sorted."""
         return sorted(name for name, cached in self._rooms.items() if cached.messages)

@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 import txaio
 from members import Prepare
+from redis_server import RedisServer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
@@ -80,3 +81,13 @@ def serve() -> Iterator[Callable[..., ChatService]]:
 def twistd() -> Path:
     """The twistd of this environment, where the installed plugin is found."""
     return Path(sys.executable).with_name("twistd")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, killed after the test."""
+    server = RedisServer(tmp_path / "redis")
+    server.directory.mkdir()
+    server.start()
+    yield server
+    server.kill()

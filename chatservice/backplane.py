@@ -1,0 +1,109 @@
+"""Where room messages are numbered, kept and passed on: the backplane.
+
+One process keeps its rooms' messages in SQLite and hands each one to its own
+members (`LocalBackplane`, today's behaviour).  Several processes share them
+through Redis (`chatservice.redis_backplane.RedisBackplane`).  Both keep the
+same promises, checked by the same tests (tests/test_backplane.py):
+
+- `store` numbers a message and keeps it before anybody is given it: ids are
+  strictly increasing over all rooms (and all instances), and a message a
+  member saw survives a crash of the process that took it.
+- Every message of a watched room reaches `listener` once, in id order, on
+  every instance, the one that stored it included.  `watch` tells the
+  position it starts from: messages up to it are history (`recent`,
+  `since`), the later ones come to the listener.
+- Reads (`recent`, `since`, `rooms`) answer with Deferreds: Redis is a round
+  trip away.  `LocalBackplane`'s have fired already.
+
+A backplane that cannot do its work (Redis is down) fails with `Unavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from chatservice.history import JOIN_HISTORY, History, StoredMessage
+
+#: What a backplane hands each message of a watched room to.
+Listener = Callable[[StoredMessage], None]
+
+
+class Unavailable(Exception):
+    """The backplane cannot do this now (e.g. Redis is unreachable); try later."""
+
+
+class Backplane(Protocol):
+    """What the hub needs of a backplane (see the module docstring)."""
+
+    listener: Listener | None
+
+    def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
+        """Number, keep and pass on a message; fires once it is kept."""
+
+    def watch(self, room: str) -> Deferred[int]:
+        """Pass on `room`'s messages from now on; fires with the position."""
+
+    def unwatch(self, room: str) -> None:
+        """Stop passing on `room`'s messages."""
+
+    def recent(
+        self, room: str, limit: int = JOIN_HISTORY, up_to: int | None = None
+    ) -> Deferred[list[StoredMessage]]:
+        """The last `limit` kept messages of `room` (up to id `up_to`), oldest first."""
+
+    def since(
+        self, room: str, since_id: int, limit: int = JOIN_HISTORY
+    ) -> Deferred[tuple[list[StoredMessage], bool]]:
+        """What a client that last saw `since_id` missed, and whether that is all.
+
+        As `History.since`: every kept message after `since_id` when none after
+        it was dropped, else the `recent` ones and False.
+        """
+
+    def rooms(self) -> Deferred[list[str]]:
+        """The rooms that have kept messages, sorted."""
+
+
+class LocalBackplane:
+    """One process: the SQLite `History`, messages passed on in-process.
+
+    Every stored message goes to the listener (watching costs nothing here).
+    """
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self.listener: Listener | None = None
+
+    def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
+        return self.history.append(room, username, message, time).addCallback(self._pass_on)
+
+    def _pass_on(self, message: StoredMessage) -> StoredMessage:
+        if self.listener is not None:
+            self.listener(message)
+        return message
+
+    def watch(self, room: str) -> Deferred[int]:
+        return defer.succeed(self.history.newest(room))
+
+    def unwatch(self, room: str) -> None:
+        pass
+
+    def recent(
+        self, room: str, limit: int = JOIN_HISTORY, up_to: int | None = None
+    ) -> Deferred[list[StoredMessage]]:
+        if up_to is None:
+            return defer.succeed(self.history.recent(room, limit))
+        kept = [m for m in self.history.recent(room, self.history.keep) if m.id <= up_to]
+        return defer.succeed(kept[-limit:] if limit > 0 else [])
+
+    def since(
+        self, room: str, since_id: int, limit: int = JOIN_HISTORY
+    ) -> Deferred[tuple[list[StoredMessage], bool]]:
+        return defer.succeed(self.history.since(room, since_id, limit))
+
+    def rooms(self) -> Deferred[list[str]]:
+        return defer.succeed(self.history.rooms())

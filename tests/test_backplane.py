@@ -1,0 +1,247 @@
+"""The backplane's promises (chatservice/backplane.py), kept by both kinds.
+
+`LocalBackplane` (one process, SQLite) and `RedisBackplane` (a real
+redis-server) pass the same tests; what only several instances can show
+(two instances, a dropped subscription, Redis killed) is tested on Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from redis_server import RedisServer
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
+
+from chatservice.backplane import Backplane, LocalBackplane, Unavailable
+from chatservice.history import History, StoredMessage, immediate_executor
+from chatservice.redis_backplane import RedisBackplane, parse_redis_url
+
+Make = Callable[..., Any]
+
+T0 = "2026-12-02T10:00:00.000Z"
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError("timed out")
+        await deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02
+
+
+@pytest.fixture(params=["local", "redis"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
+    """Makes started backplanes of one kind: ``await make(keep=100)``."""
+    started: list[Any] = []
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+
+    async def start(keep: int = 100) -> Backplane:
+        if request.param == "local":
+            history = History(str(tmp_path / f"h{len(started)}.sqlite3"), keep, immediate_executor)
+            history.open()
+            started.append(history)
+            return LocalBackplane(history)
+        backplane = RedisBackplane(parse_redis_url(server.url), keep, reactor)
+        backplane.start()
+        started.append(backplane)
+        await wait_until(lambda: backplane.problem is None)
+        return backplane
+
+    yield start
+    for thing in started:
+        if isinstance(thing, RedisBackplane):
+            pytest_twisted.blockon(thing.stop())
+
+
+def listen(backplane: Backplane) -> list[StoredMessage]:
+    got: list[StoredMessage] = []
+    backplane.listener = got.append
+    return got
+
+
+async def say(backplane: Backplane, room: str, n: int, who: str = "alice") -> list[StoredMessage]:
+    """`n` messages stored at once (none waits for the one before)."""
+    stored = [backplane.store(room, who, f"{who} {i}", T0) for i in range(n)]
+    return list(await gatherResults(stored))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stored_message_reaches_the_listener_once_in_id_order(make: Make) -> None:
+    backplane = await make()
+    got = listen(backplane)
+    await backplane.watch("lobby")
+    stored = await say(backplane, "lobby", 20)
+    await wait_until(lambda: len(got) >= 20)
+    assert got == sorted(stored, key=lambda m: m.id)
+    assert [m.message for m in got] == [f"alice {i}" for i in range(20)]
+    ids = [m.id for m in got]
+    assert ids == sorted(set(ids))
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_keeps_the_last_messages_and_recovers_from_since(make: Make) -> None:
+    backplane = await make(keep=5)
+    a = [await backplane.store("a", "alice", f"a{i}", T0) for i in range(8)]
+    b = await say(backplane, "b", 2, "bob")
+    assert await backplane.recent("a", 3) == a[-3:]
+    assert await backplane.recent("a") == a[-5:]
+    assert await backplane.recent("a", 2, up_to=a[5].id) == a[4:6]
+    assert await backplane.recent("nowhere") == []
+    # Recoverable: nothing after `since` was dropped.
+    assert await backplane.since("a", a[4].id) == (a[5:], True)
+    assert await backplane.since("a", a[-1].id) == ([], True)
+    assert await backplane.since("b", b[0].id) == (b[1:], True)
+    # Not recoverable: a[1] and a[2] were dropped; a bogus or negative id.
+    assert await backplane.since("a", a[0].id, limit=2) == (a[-2:], False)
+    assert await backplane.since("a", a[-1].id + 1000) == (a[-5:], False)
+    assert await backplane.since("a", -1) == (a[-5:], False)
+    assert await backplane.rooms() == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_keeping_nothing_still_numbers_and_passes_on(make: Make) -> None:
+    backplane = await make(keep=0)
+    got = listen(backplane)
+    await backplane.watch("r")
+    first, second = await say(backplane, "r", 2)
+    assert first.id < second.id
+    await wait_until(lambda: len(got) == 2)
+    assert await backplane.recent("r") == []
+    assert await backplane.since("r", 0) == ([], False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_watching_starts_after_the_newest_message(make: Make) -> None:
+    backplane = await make()
+    before = await say(backplane, "r", 3)
+    got = listen(backplane)
+    position = await backplane.watch("r")
+    assert position == before[-1].id
+    assert await backplane.recent("r", up_to=position) == before
+    after = await say(backplane, "r", 1)
+    await wait_until(lambda: len(got) == 1)
+    assert got == after
+
+
+# -- several instances: Redis only -------------------------------------------
+
+
+async def redis_backplane(server: RedisServer, keep: int = 1000) -> RedisBackplane:
+    backplane = RedisBackplane(parse_redis_url(server.url), keep, reactor)
+    backplane.start()
+    await wait_until(lambda: backplane.problem is None)
+    return backplane
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_instances_pass_on_the_same_messages_in_the_same_order(
+    redis_server: RedisServer,
+) -> None:
+    one, two = await redis_backplane(redis_server), await redis_backplane(redis_server)
+    try:
+        got_one, got_two = listen(one), listen(two)
+        await gatherResults([one.watch("r"), two.watch("r")])
+        stored = await gatherResults(
+            [
+                ensureDeferred(say(one, "r", 25, "alice")),
+                ensureDeferred(say(two, "r", 25, "bob")),
+                ensureDeferred(say(one, "other", 5)),
+            ]
+        )
+        await wait_until(lambda: len(got_one) == 50 and len(got_two) == 50)
+        in_room = sorted(stored[0] + stored[1], key=lambda m: m.id)
+        assert got_one == got_two == in_room
+        assert [m.message for m in got_two if m.username == "alice"] == [
+            f"alice {i}" for i in range(25)
+        ]
+    finally:
+        await gatherResults([one.stop(), two.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dropped_subscription_loses_no_message(redis_server: RedisServer) -> None:
+    sender, receiver = await redis_backplane(redis_server), await redis_backplane(redis_server)
+    try:
+        got = listen(receiver)
+        await receiver.watch("r")
+        stored: list[StoredMessage] = []
+        for i in range(300):
+            stored.append(await sender.store("r", "alice", f"m{i}", T0))
+            if i in (100, 200):
+                # Every pub/sub connection: the receiver's (and the sender's).
+                assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub") is not None
+        await wait_until(lambda: len(got) >= 300)
+        await deferLater(reactor, 0.2, lambda: None)  # nothing more (no duplicates)
+        assert got == stored
+    finally:
+        await gatherResults([sender.stop(), receiver.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_means_unavailable_then_everything_works_again(
+    redis_server: RedisServer,
+) -> None:
+    one, two = await redis_backplane(redis_server), await redis_backplane(redis_server)
+    statuses: list[str | None] = []
+    one.on_status = statuses.append
+    try:
+        got = listen(two)
+        await two.watch("r")
+        before = await one.store("r", "alice", "before", T0)
+        await wait_until(lambda: len(got) == 1)
+        redis_server.kill()
+        await wait_until(lambda: one.problem is not None)
+        with pytest.raises(Unavailable):
+            await one.store("r", "alice", "while down", T0)
+        with pytest.raises(Unavailable):
+            await one.recent("r")
+        redis_server.start()
+        await wait_until(lambda: one.problem is None and two.problem is None)
+        assert statuses[0] is not None and statuses[-1] is None
+        after = await one.store("r", "alice", "after", T0)
+        await wait_until(lambda: len(got) == 2)
+        assert got == [before, after]
+        assert after.id > before.id  # the counter survived (append-only file)
+        assert await two.recent("r") == [before, after]
+    finally:
+        await gatherResults([one.stop(), two.stop()])
+
+
+def test_redis_urls() -> None:
+    plain = parse_redis_url("redis://example.org")
+    assert (plain.host, plain.port, plain.tls, plain.db, plain.password) == (
+        "example.org",
+        6379,
+        False,
+        None,
+        None,
+    )
+    full = parse_redis_url("rediss://user:s%40cret@10.0.0.2:6380/3")
+    assert (full.host, full.port, full.tls, full.db, full.username, full.password) == (
+        "10.0.0.2",
+        6380,
+        True,
+        3,
+        "user",
+        "s@cret",
+    )
+    assert str(full) == "rediss://10.0.0.2:6380/3"  # no password in logs
+    unix = parse_redis_url("unix:///run/redis/redis.sock?db=2")
+    assert (unix.path, unix.db) == ("/run/redis/redis.sock", 2)
+    for bad, reason in [
+        ("http://x", "use redis://, rediss:// or unix://"),
+        ("redis://", "no host"),
+        ("redis://h:port", "Port could not be cast"),
+        ("redis://h/zero", "the database must be a number"),
+        ("unix://", "no socket path"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            parse_redis_url(bad)
