@@ -19,7 +19,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from chatservice import logs
-from chatservice.hub import JOIN_HISTORY, HistoryStore, Hub
+from chatservice.backplane import Backplane, Unavailable
+from chatservice.history import StoredMessage
+from chatservice.hub import JOIN_HISTORY, Hub
 from chatservice.messages import ProtocolError, check_room, clean_username
 
 _log = Logger(observer=logs.filtered)
@@ -76,17 +78,17 @@ class Api(Resource):
 
     Args:
         hub: The chat.
-        history: The message store.
+        backplane: Where the rooms' messages are kept.
         token: The admin token.
         prefix: ``broadcast`` or ``api``: which routes this resource serves.
     """
 
     isLeaf = True
 
-    def __init__(self, hub: Hub, history: HistoryStore, token: str, prefix: str) -> None:
+    def __init__(self, hub: Hub, backplane: Backplane, token: str, prefix: str) -> None:
         super().__init__()
         self.hub = hub
-        self.history = history
+        self.backplane = backplane
         self._token = token.encode("utf-8")
         self.prefix = prefix
 
@@ -102,8 +104,9 @@ class Api(Resource):
             _log.failure("API request {path} failed", path=request.path)
             return _json(request, 500, {"error": "internal server error"})
         if isinstance(result, Deferred):
+            # (status, body), once the backplane has answered.
             result.addCallbacks(
-                lambda body: self._finish(request, 201, body),
+                lambda answer: self._finish(request, *answer),
                 lambda failure: self._failed(request, failure),
             )
             return NOT_DONE_YET
@@ -115,8 +118,12 @@ class Api(Resource):
             request.finish()
 
     def _failed(self, request: Request, failure: Failure) -> None:
-        _log.failure("API request {path} failed", failure, path=request.path)
-        self._finish(request, 503, {"error": "the message could not be stored; try again"})
+        if failure.check(Unavailable):
+            error = f"unavailable: {failure.getErrorMessage()}; try again soon"
+        else:
+            _log.failure("API request {path} failed", failure, path=request.path)
+            error = "the request could not be carried out; try again"
+        self._finish(request, 503, {"error": error})
 
     def _authorize(self, request: Request) -> None:
         header = request.getHeader(b"authorization") or b""
@@ -143,7 +150,9 @@ class Api(Resource):
             raise ApiError(404, "no such API route")
         if len(parts) == 1:
             self._method(request, b"GET")
-            return {"rooms": self._rooms()}
+            return self.backplane.rooms().addCallback(
+                lambda kept: (200, {"rooms": self._rooms(kept)})
+            )
         room = check_room(parts[1])
         what = parts[2:]
         if what == ["messages"]:
@@ -153,17 +162,23 @@ class Api(Resource):
             self._method(request, b"GET")
             limit = _int_arg(request, "limit", JOIN_HISTORY, MAX_HISTORY_LIMIT)
             since = _arg(request, "since")
+            found: Deferred[tuple[list[StoredMessage], bool]]
             if since:
                 since_id = _int_arg(request, "since", 0, 2**63 - 1)
-                messages, recovered = self.history.since(room, since_id, limit)
-                messages = messages[-limit:] if limit else []
+                found = self.backplane.since(room, since_id, limit)
             else:
-                messages, recovered = self.history.recent(room, limit) if limit else [], False
-            return {
-                "room": room,
-                "messages": [m.payload() for m in messages],
-                "recovered": recovered,
-            }
+                found = self.backplane.recent(room, limit).addCallback(lambda m: (m, False))
+
+            def answer(found: tuple[list[StoredMessage], bool]) -> tuple[int, object]:
+                messages, recovered = found
+                messages = messages[-limit:] if limit else []
+                return 200, {
+                    "room": room,
+                    "messages": [m.payload() for m in messages],
+                    "recovered": recovered,
+                }
+
+            return found.addCallback(answer)
         if what == ["users"]:
             self._method(request, b"GET")
             limit = _int_arg(request, "limit", USERS_LIMIT, MAX_USERS_LIMIT)
@@ -179,8 +194,8 @@ class Api(Resource):
             request.setHeader(b"Allow", allowed)
             raise ApiError(405, f"use {allowed.decode()}")
 
-    def _rooms(self) -> list[dict[str, Any]]:
-        names = set(self.history.rooms()) | set(self.hub.rooms)
+    def _rooms(self, kept: list[str]) -> list[dict[str, Any]]:
+        names = set(kept) | set(self.hub.rooms)
         return [
             {
                 "room": name,
@@ -189,7 +204,7 @@ class Api(Resource):
             for name in sorted(names)
         ]
 
-    def _publish(self, request: Request, room: str) -> Deferred[dict[str, object]]:
+    def _publish(self, request: Request, room: str) -> Deferred[tuple[int, object]]:
         length = int(request.getHeader(b"content-length") or 0)
         body = request.content.read(MAX_BODY + 1) if request.content else b""
         if length > MAX_BODY or len(body) > MAX_BODY:
@@ -204,7 +219,9 @@ class Api(Resource):
         if not isinstance(message, str):
             raise ApiError(400, "message must be a string")
         name = clean_username(username)
-        return self.hub.publish(room, name, message).addCallback(lambda stored: stored.payload())
+        return self.hub.publish(room, name, message).addCallback(
+            lambda stored: (201, stored.payload())
+        )
 
 
 class Health(Resource):

@@ -95,7 +95,7 @@ class LocalBackplane:
     def recent(
         self, room: str, limit: int = JOIN_HISTORY, up_to: int | None = None
     ) -> Deferred[list[StoredMessage]]:
-        if up_to is None:
+        if up_to is None or up_to >= self.history.newest(room):
             return defer.succeed(self.history.recent(room, limit))
         kept = [m for m in self.history.recent(room, self.history.keep) if m.id <= up_to]
         return defer.succeed(kept[-limit:] if limit > 0 else [])

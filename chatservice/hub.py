@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from chatservice import logs
+from chatservice.backplane import Backplane, Unavailable
 from chatservice.history import StoredMessage
 from chatservice.messages import (
     MAX_ROOM_LENGTH,
@@ -69,24 +70,6 @@ class Member(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection; the hub has already forgotten it."""
-
-
-class HistoryStore(Protocol):
-    """The part of `chatservice.history.History` the hub uses."""
-
-    def append(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
-        """Store a message; fires once it is durable."""
-
-    def recent(self, room: str, limit: int = JOIN_HISTORY) -> list[StoredMessage]:
-        """The room's last `limit` messages, oldest first."""
-
-    def since(
-        self, room: str, since_id: int, limit: int = JOIN_HISTORY
-    ) -> tuple[list[StoredMessage], bool]:
-        """Messages after `since_id`, and whether that is all of them."""
-
-    def rooms(self) -> list[str]:
-        """Rooms that have kept messages."""
 
 
 @dataclass(frozen=True)
@@ -145,11 +128,28 @@ class Room:
         roster: The members' names, sorted.
         changes: Presence changes not yet sent (large rooms).
         flush: The pending send of `changes`, if one is scheduled.
-        history_frames: Join histories already encoded, by ``(since, dialect)``;
-            emptied by the room's next message.
+        history_frames: Join histories already encoded, by ``(since, up to,
+            dialect)``; emptied by the room's next message.
+        joining: Joiners waiting for their history (from a backplane a round
+            trip away), with the room's messages that came meanwhile.
+        position: Fires with the backplane's position in the room once it
+            watches it (`Backplane.watch`).
+        last: The id of the room's last message passed on here.
     """
 
-    __slots__ = ("changes", "flush", "groups", "history_frames", "name", "roster", "sessions")
+    __slots__ = (
+        "changes",
+        "flush",
+        "groups",
+        "history_frames",
+        "joining",
+        "last",
+        "name",
+        "position",
+        "roster",
+        "sessions",
+        "waiters",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -158,7 +158,15 @@ class Room:
         self.roster = Roster()
         self.changes = Changes()
         self.flush: IDelayedCall | None = None
-        self.history_frames: dict[tuple[int | None, Dialect], tuple[Any, int]] = {}
+        self.history_frames: dict[tuple[int | None, int, Dialect], tuple[Any, int, int]] = {}
+        self.joining: dict[Session, list[StoredMessage]] = {}
+        self.position: Deferred[int] | None = None
+        #: Who waits for `position`.
+        self.waiters: list[Deferred[int]] = []
+        self.last: int | None = None
+
+    def empty(self) -> bool:
+        return not self.sessions and not self.joining
 
     def add(self, session: Session) -> None:
         assert session.name is not None  # joined, so named
@@ -195,7 +203,8 @@ class Hub:
     """All rooms and connections of one process.
 
     Args:
-        history: The message store.
+        backplane: Where messages are numbered, kept and passed on (and
+            rooms' histories read); the hub is its listener.
         clock: The reactor, or a `Clock` in tests: the time, and the timers
             of large rooms' presence events.
         prepare: Frames an encoded event once for many connections
@@ -213,7 +222,7 @@ class Hub:
 
     def __init__(
         self,
-        history: HistoryStore,
+        backplane: Backplane,
         clock: IReactorTime,
         prepare: Callable[[bytes], Any],
         server: str,
@@ -223,7 +232,8 @@ class Hub:
         large_room: int = LARGE_ROOM,
         presence_interval: float = PRESENCE_INTERVAL,
     ) -> None:
-        self.history = history
+        self.backplane = backplane
+        backplane.listener = self._deliver
         self.stats = stats if stats is not None else Counters()
         self.clock = clock
         self.seconds = clock.seconds
@@ -372,17 +382,80 @@ class Hub:
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name)
+            room.position = self.backplane.watch(name)
+            room.position.addCallbacks(
+                self._watching, self._not_watching, callbackArgs=(room,), errbackArgs=(room,)
+            )
         already = name in session.rooms
         session.rooms.pop(name, None)
         session.rooms[name] = None  # now the current room
+        if session in room.joining:
+            return  # its first join is on the way
         if not already:
-            room.add(session)
+            room.joining[session] = []
+        # The history up to the room's last message here; what comes after
+        # it waits in `room.joining` (with a backplane that answers at once,
+        # as in one process, all of this happens right here).
+        d = self._last_id(room)
+        d.addCallback(self._read_history, room, command.since, session.member.dialect)
+        d.addCallbacks(
+            self._joined,
+            self._join_failed,
+            callbackArgs=(session, room, already),
+            errbackArgs=(session, room, already),
+        )
+
+    def _watching(self, position: int, room: Room) -> None:
+        if room.last is None or room.last < position:
+            room.last = position
+        waiters, room.position = room.waiters, None
+        room.waiters = []
+        for waiter in waiters:
+            waiter.callback(room.last)
+
+    def _not_watching(self, failure: Failure, room: Room) -> None:
+        waiters, room.position = room.waiters, None
+        room.waiters = []
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    def _last_id(self, room: Room) -> Deferred[int]:
+        if room.position is None and room.last is not None:
+            return succeed(room.last)
+        if room.position is None:  # watching failed before: try again
+            room.position = self.backplane.watch(room.name)
+            room.position.addCallbacks(
+                self._watching, self._not_watching, callbackArgs=(room,), errbackArgs=(room,)
+            )
+            if room.position is None:  # answered at once
+                if room.last is not None:
+                    return succeed(room.last)
+                return fail(Unavailable(f"cannot watch room {room.name!r}"))
+        waiter: Deferred[int] = Deferred()
+        room.waiters.append(waiter)
+        return waiter
+
+    def _joined(self, history: Any, session: Session, room: Room, already: bool) -> None:
         member = session.member
-        self._send_history(room, member, command.since)
+        if already:
+            if room.name not in session.rooms or self.sessions.get(member) is not session:
+                return
+            came: list[StoredMessage] = []
+        else:
+            waiting = room.joining.pop(session, None)
+            if waiting is None:
+                return  # left, or closed, meanwhile
+            came = waiting
+            room.add(session)
+        cut = self._send_history(member, history)
         member.send_event(("chat-users", self._users(room)))
+        for message in came:
+            if message.id > cut:
+                member.send_event(("chat-message", message.payload()))
         if already or self.sessions.get(member) is not session:
             return  # joined before, or closed while sending (a slow consumer)
         assert session.name is not None  # claimed above
+        name = room.name
         if self._is_large(room):
             room.changes.join(session.name)
             self._schedule_presence(room)
@@ -399,16 +472,48 @@ class Hub:
             members=len(room.sessions),
         )
 
+    def _join_failed(self, failure: Failure, session: Session, room: Room, already: bool) -> None:
+        if not already and room.joining.pop(session, None) is None:
+            return  # left, or closed, meanwhile
+        if failure.check(Unavailable):
+            error = ProtocolError(
+                "unavailable", "the chat cannot reach its storage; try again soon", "chat-join"
+            )
+        else:
+            _log.failure(
+                "conn={conn_id} join of {room} failed",
+                failure,
+                conn_id=session.member.conn_id,
+                room=room.name,
+            )
+            error = ProtocolError("server-error", "the room could not be joined", "chat-join")
+        if not already:
+            session.rooms.pop(room.name, None)
+        if self.sessions.get(session.member) is session:
+            session.member.send_event(error.event())
+        if room.empty() and self.rooms.get(room.name) is room:
+            self._drop_room(room)
+
+    def _drop_room(self, room: Room) -> None:
+        if room.flush is not None:
+            room.flush.cancel()
+            room.flush = None
+        del self.rooms[room.name]
+        self.backplane.unwatch(room.name)
+
     def _leave(self, session: Session, name: str, tell_leaver: bool) -> None:
         del session.rooms[name]
         room = self.rooms[name]
-        room.remove(session)
         assert session.name is not None  # joined, so named
         tell_room = False
-        if not room.sessions:
-            if room.flush is not None:
-                room.flush.cancel()
-            del self.rooms[name]
+        # One still waiting for its history was never announced.
+        announced = room.joining.pop(session, None) is None
+        if announced:
+            room.remove(session)
+        if room.empty():
+            self._drop_room(room)
+        elif not announced or not room.sessions:
+            pass
         elif self._is_large(room):
             room.changes.leave(session.name)
             self._schedule_presence(room)
@@ -444,7 +549,8 @@ class Hub:
         """Say `message` in `room` as `username` (not a connection: the HTTP API).
 
         Returns:
-            The stored message, once stored and delivered to the room.
+            The stored message, once stored (and, in one process, delivered
+            to the room; through Redis, every instance delivers it next).
 
         Raises:
             ProtocolError: ``too-long``, or empty text (``bad-payload``).
@@ -452,7 +558,7 @@ class Hub:
         text = self._checked_text(message)
         if not text:
             raise ProtocolError("bad-payload", "message is empty", "chat-message")
-        return self.history.append(room, username, text, self._now()).addCallback(self._deliver)
+        return self.backplane.store(room, username, text, self._now())
 
     def _checked_text(self, message: str) -> str:
         text = message.strip()
@@ -470,27 +576,39 @@ class Hub:
         if not text:
             return
         assert session.name is not None  # joined, so named
-        stored = self.history.append(room, session.name, text, self._now())
-        stored.addCallbacks(self._deliver, self._not_stored, errbackArgs=(session,))
+        stored = self.backplane.store(room, session.name, text, self._now())
+        stored.addErrback(self._not_stored, session)
 
-    def _deliver(self, message: StoredMessage) -> StoredMessage:
-        # Delivered only once stored: a message anybody saw survives a crash.
+    def _deliver(self, message: StoredMessage) -> None:
+        """The backplane's listener: a stored message of any room, in id order.
+
+        Delivered only once stored: a message anybody saw survives a crash.
+        """
         room = self.rooms.get(message.room)
-        if room is not None:
-            room.history_frames.clear()
-            self._to_room(room, ("chat-message", message.payload()))
-        return message
+        if room is None:
+            return
+        room.last = message.id
+        room.history_frames.clear()
+        for waiting in room.joining.values():
+            waiting.append(message)
+        self._to_room(room, ("chat-message", message.payload()))
 
     def _not_stored(self, failure: Failure, session: Session) -> None:
-        _log.failure(
-            "conn={conn_id} message could not be stored", failure, conn_id=session.member.conn_id
-        )
-        if session.member in self.sessions:
-            session.member.send_event(
-                ProtocolError(
-                    "server-error", "the message could not be stored; try again", "chat-message"
-                ).event()
+        if failure.check(Unavailable):
+            error = ProtocolError(
+                "unavailable", "the chat cannot reach its storage; try again soon", "chat-message"
             )
+        else:
+            _log.failure(
+                "conn={conn_id} message could not be stored",
+                failure,
+                conn_id=session.member.conn_id,
+            )
+            error = ProtocolError(
+                "server-error", "the message could not be stored; try again", "chat-message"
+            )
+        if session.member in self.sessions:
+            session.member.send_event(error.event())
 
     def _typing(self, session: Session, command: Typing) -> None:
         name = self._joined_room(session, command.room, "chat-typing")
@@ -514,6 +632,8 @@ class Hub:
         }
         for name in rooms:
             room = self.rooms[name]
+            if session in room.joining:
+                continue  # it comes in under its new name
             room.roster.rename(old, username)
             if self._is_large(room):
                 room.changes.rename(old, username)
@@ -556,40 +676,65 @@ class Hub:
         payload = changes.payload(room.name, len(room.sessions), self._now())
         self._to_room(room, ("chat-presence", payload))
 
-    def _send_history(self, room: Room, member: Member, since: int | None) -> None:
-        """A joiner's ``chat-history``, encoded once for all who ask the same.
+    def _read_history(
+        self, up_to: int, room: Room, since: int | None, dialect: Dialect
+    ) -> Deferred[Any]:
+        """A joiner's ``chat-history`` up to id `up_to`, encoded once for all who ask the same.
 
         A reconnect storm asks for the same history thousands of times: the
         framed (and, for compressing members, compressed) event is kept until
         the room's next message.
+
+        Returns:
+            ``(frame, size, cut)``, or ``(event, cut)`` for a dialect that shows
+            history line by line; ``cut`` is the last id it holds (or `up_to`).
         """
-        key = (since, member.dialect)
+        key = (since, up_to, dialect)
         cached = room.history_frames.get(key)
-        if cached is None:
-            name = room.name
-            if since is None:
-                messages, recovered = self.history.recent(name, JOIN_HISTORY), False
-            else:
-                messages, recovered = self.history.since(name, since, JOIN_HISTORY)
-            event: Event = (
-                "chat-history",
-                {
-                    "room": name,
-                    "messages": [m.payload() for m in messages],
-                    "recovered": recovered,
-                },
+        if cached is not None:
+            return succeed(cached)
+        found: Deferred[tuple[list[StoredMessage], bool]]
+        if since is None:
+            found = self.backplane.recent(room.name, JOIN_HISTORY, up_to=up_to).addCallback(
+                lambda messages: (messages, False)
             )
-            data = member.dialect.encode(event)
-            if data is None:  # a dialect that shows history line by line
-                member.send_event(event)
-                return
-            if len(room.history_frames) >= HISTORY_FRAMES:
-                room.history_frames.clear()
-            cached = room.history_frames[key] = (self.prepare(data), len(data))
-        frame, size = cached
+        else:
+            found = self.backplane.since(room.name, since, JOIN_HISTORY)
+        return found.addCallback(self._encode_history, room, key)
+
+    def _encode_history(
+        self, found: tuple[list[StoredMessage], bool], room: Room, key: tuple[Any, int, Dialect]
+    ) -> Any:
+        messages, recovered = found
+        _, up_to, dialect = key
+        cut = max(up_to, messages[-1].id if messages else 0)
+        event: Event = (
+            "chat-history",
+            {
+                "room": room.name,
+                "messages": [m.payload() for m in messages],
+                "recovered": recovered,
+            },
+        )
+        data = dialect.encode(event)
+        if data is None:  # a dialect that shows history line by line
+            return (event, cut)
+        if len(room.history_frames) >= HISTORY_FRAMES:
+            room.history_frames.clear()
+        framed = room.history_frames[key] = (self.prepare(data), len(data), cut)
+        return framed
+
+    def _send_history(self, member: Member, history: Any) -> int:
+        """Send what `_read_history` gave; returns its ``cut``."""
+        if len(history) == 2:
+            event, cut = history
+            member.send_event(event)
+            return int(cut)
+        frame, size, cut = history
         member.deliver(frame)
         self.stats.messages_sent += 1
         self.stats.bytes_sent += size
+        return int(cut)
 
     # Fan-out.
 

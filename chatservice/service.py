@@ -24,10 +24,11 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from chatservice import logs
+from chatservice.backplane import Backplane, LocalBackplane
 from chatservice.config import Config
 from chatservice.frames import TextFrame
 from chatservice.history import History, ThreadExecutor, immediate_executor
-from chatservice.hub import ChatLimits, HistoryStore, Hub
+from chatservice.hub import ChatLimits, Hub
 from chatservice.policy import OriginPolicy
 from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.systemd import Notifier
@@ -111,10 +112,10 @@ def with_backlog(description: str) -> str:
     return description
 
 
-def make_hub(config: Config, history: HistoryStore, clock: IReactorTime) -> Hub:
+def make_hub(config: Config, backplane: Backplane, clock: IReactorTime) -> Hub:
     """The chat hub as `config` describes it."""
     return Hub(
-        history,
+        backplane,
         clock,
         TextFrame,
         server=SERVER_NAME,
@@ -156,7 +157,7 @@ class ChatService(MultiService):
         self.notifier = Notifier()
         self._watchdog: LoopingCall | None = None
         self.history = History(config.database, config.history, self._run_history)
-        self.hub = make_hub(config, self.history, reactor)
+        self.hub = make_hub(config, LocalBackplane(self.history), reactor)
         self.site: ChatSite = make_site(config, self.hub, reactor)
         self.listening: list[IListeningPort] = []
         for description in config.ports:

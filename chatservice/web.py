@@ -19,8 +19,8 @@ from twisted.web.server import Request, Site
 
 from chatservice import logs
 from chatservice.api import Api, Health
+from chatservice.backplane import LocalBackplane
 from chatservice.config import Config
-from chatservice.history import History
 from chatservice.hub import Hub
 from chatservice.metrics import Metrics, MetricsPage
 from chatservice.policy import ConnectionLimits
@@ -142,8 +142,8 @@ def make_site(
     root.putChild(b"echo", WebSocketEndpoint(echo, "/echo"))
     root.putChild(b"chat", WebSocketEndpoint(chat, "/chat"))
     token = config.admin_token
-    root.putChild(b"broadcast", Api(hub, hub.history, token, "broadcast"))
-    root.putChild(b"api", Api(hub, hub.history, token, "api"))
+    root.putChild(b"broadcast", Api(hub, hub.backplane, token, "broadcast"))
+    root.putChild(b"api", Api(hub, hub.backplane, token, "api"))
     seconds = hub.seconds
     started = seconds()
     health = Health(
@@ -152,8 +152,8 @@ def make_site(
     )
     root.putChild(b"healthz", health)
     metrics = Metrics((("echo", echo), ("chat", chat)), metrics_registry)
-    if isinstance(hub.history, History):
-        hub.history.observe_append = metrics.history_append.observe
+    if isinstance(hub.backplane, LocalBackplane):
+        hub.backplane.history.observe_append = metrics.history_append.observe
     root.putChild(b"metrics", MetricsPage(metrics.registry))
     # Autobahn's open handshake timeout only starts once twisted.web has read
     # the request headers; until then the HTTP idle timeout is what stops a

@@ -24,6 +24,7 @@ from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.web.server import Site
 
+from chatservice.backplane import LocalBackplane
 from chatservice.config import Config
 from chatservice.history import History, immediate_executor
 from chatservice.service import make_hub
@@ -34,7 +35,7 @@ def make_test_site(config: Config, clock: Clock) -> Site:
     """The real Site, with a real (in-memory SQLite) history run synchronously."""
     history = History(":memory:", config.history, immediate_executor)
     history.open()
-    return make_site(config, make_hub(config, history, clock), reactor=clock)
+    return make_site(config, make_hub(config, LocalBackplane(history), clock), reactor=clock)
 
 
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8080)

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from members import Client, Prepare, joined
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from chatservice.backplane import LocalBackplane
 from chatservice.history import History, immediate_executor
 from chatservice.hub import Hub
 from chatservice.messages import TEXT, Join, Leave, Nick, Say, Typing
@@ -26,7 +28,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def hub(history: History, clock: Clock, prepare: Prepare) -> Hub:
-    return Hub(history, clock, prepare, server="chatservice/test", motd="be nice")
+    return Hub(LocalBackplane(history), clock, prepare, server="chatservice/test", motd="be nice")
 
 
 def test_welcome_says_who_and_what_limits(hub: Hub) -> None:
@@ -245,7 +247,7 @@ def test_since_older_than_what_is_kept_is_not_recovered(
 ) -> None:
     history = History(str(tmp_path / "small.sqlite3"), 5, immediate_executor)
     history.open()
-    hub = Hub(history, clock, prepare, server="s")
+    hub = Hub(LocalBackplane(history), clock, prepare, server="s")
     alice, a = joined(hub, 1, "alice")
     hub.handle(a, Say(message="first"))
     first_id = alice.broadcasts("chat-message")[0][1]["id"]
@@ -297,3 +299,89 @@ def test_a_member_closed_during_fan_out_does_not_stop_delivery(hub: Hub) -> None
     assert [p["message"] for _, p in bob.broadcasts("chat-message")] == ["still delivered"]
     assert slow.closed == (1008, "slow consumer")
     assert hub.rooms["lobby"].usernames() == ["alice", "bob"]
+
+
+class LateReads(LocalBackplane):
+    """One process's backplane whose history reads answer when the test says.
+
+    Stands for a backplane a round trip away (Redis), to drive what happens
+    meanwhile step by step; tests/test_hub_redis.py does it with Redis.
+    """
+
+    def __init__(self, history: History) -> None:
+        super().__init__(history)
+        self.reads: list[tuple[Any, Any]] = []
+
+    def recent(self, room: str, limit: int = 50, up_to: int | None = None) -> Any:
+        return self._later(super().recent(room, limit, up_to))
+
+    def since(self, room: str, since_id: int, limit: int = 50) -> Any:
+        return self._later(super().since(room, since_id, limit))
+
+    def _later(self, answered: Any) -> Any:
+        later: Deferred[Any] = Deferred()
+        self.reads.append((later, answered.result))
+        return later
+
+    def answer(self) -> None:
+        reads, self.reads = self.reads, []
+        for later, result in reads:
+            later.callback(result)
+
+
+def test_a_joiner_gets_what_came_while_its_history_was_read_once_in_order(
+    history: History, clock: Clock, prepare: Prepare
+) -> None:
+    backplane = LateReads(history)
+    hub = Hub(backplane, clock, prepare, server="s")
+    alice = Client(1)
+    alice_session = hub.connect(alice)
+    hub.handle(alice_session, Join(room="lobby", username="alice"))
+    backplane.answer()
+    hub.handle(alice_session, Say("before"))
+    bob = Client(2)
+    bob_session = hub.connect(bob)
+    hub.handle(bob_session, Join(room="lobby", username="bob", since=0))
+    hub.handle(alice_session, Say("meanwhile 1"))
+    hub.handle(alice_session, Say("meanwhile 2"))
+    # Not announced yet, and given nothing but its welcome.
+    assert [k for k, _ in bob.seen()] == ["chat-welcome"]
+    assert [p["username"] for p in alice.got("chat-join")] == ["alice"]
+    backplane.answer()
+    kinds = [k for k, _ in bob.seen()]
+    assert kinds[:3] == ["chat-welcome", "chat-history", "chat-users"]
+    # What was kept when `since` was read, then what came meanwhile: each once.
+    (recovered,) = bob.got("chat-history")
+    assert [m["message"] for m in recovered["messages"]] == ["before"]
+    assert [m["message"] for m in bob.got("chat-message")] == ["meanwhile 1", "meanwhile 2"]
+    assert [p["username"] for p in alice.got("chat-join")] == ["alice", "bob"]
+    # Without `since`, the history ends at the room's last message when it was
+    # asked for; what came later follows it.
+    carol = Client(3)
+    carol_session = hub.connect(carol)
+    hub.handle(carol_session, Join(room="lobby", username="carol"))
+    hub.handle(alice_session, Say("meanwhile 3"))
+    backplane.answer()
+    (last,) = carol.got("chat-history")
+    assert [m["message"] for m in last["messages"]] == ["before", "meanwhile 1", "meanwhile 2"]
+    assert [m["message"] for m in carol.got("chat-message")] == ["meanwhile 3"]
+    assert [k for k, _ in carol.seen()][-2:] == ["chat-message", "chat-join"]
+
+
+def test_a_joiner_that_leaves_before_its_history_came_was_never_there(
+    history: History, clock: Clock, prepare: Prepare
+) -> None:
+    backplane = LateReads(history)
+    hub = Hub(backplane, clock, prepare, server="s")
+    alice, alice_session = joined(hub, 1, "alice")
+    backplane.answer()
+    # A message, so that bob's history is read (not the one encoded for alice).
+    hub.handle(alice_session, Say("hello?"))
+    bob = Client(2)
+    bob_session = hub.connect(bob)
+    hub.handle(bob_session, Join(room="lobby", username="bob"))
+    hub.disconnect(bob)
+    backplane.answer()
+    assert [k for k, _ in alice.seen()][-1] == "chat-message"
+    assert [p["username"] for p in alice.got("chat-join")] == ["alice"]
+    assert hub.rooms["lobby"].usernames() == ["alice"]

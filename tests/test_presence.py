@@ -11,6 +11,7 @@ import pytest
 from members import Client, Prepare, joined
 from twisted.internet.task import Clock
 
+from chatservice.backplane import LocalBackplane
 from chatservice.history import History
 from chatservice.hub import Hub
 from chatservice.messages import TEXT, Join, Leave, Nick, Say, Typing, Users
@@ -31,7 +32,14 @@ def clock() -> Clock:
 
 @pytest.fixture
 def hub(history: History, clock: Clock, prepare: Prepare) -> Hub:
-    return Hub(history, clock, prepare, server="s", large_room=LARGE, presence_interval=INTERVAL)
+    return Hub(
+        LocalBackplane(history),
+        clock,
+        prepare,
+        server="s",
+        large_room=LARGE,
+        presence_interval=INTERVAL,
+    )
 
 
 def fill(hub: Hub, names: list[str], room: str = "big") -> list[Client]:
@@ -211,7 +219,14 @@ def test_a_room_emptied_before_its_presence_event_cancels_it(hub: Hub, clock: Cl
 def test_the_joiner_of_a_large_room_gets_the_count_and_the_first_page(
     history: History, clock: Clock, prepare: Prepare
 ) -> None:
-    hub = Hub(history, clock, prepare, server="s", large_room=20, presence_interval=INTERVAL)
+    hub = Hub(
+        LocalBackplane(history),
+        clock,
+        prepare,
+        server="s",
+        large_room=20,
+        presence_interval=INTERVAL,
+    )
     names = [f"user{i:03d}" for i in range(150)]
     clients = fill(hub, names)
     last = clients[-1]
@@ -227,7 +242,7 @@ def test_the_joiner_of_a_large_room_gets_the_count_and_the_first_page(
 
 def test_a_small_room_lists_everybody_even_past_a_page(hub: Hub, history: History) -> None:
     # The default threshold is 500: a room of 150 is small.
-    default = Hub(history, Clock(), Prepare(), server="s")
+    default = Hub(LocalBackplane(history), Clock(), Prepare(), server="s")
     names = [f"user{i:03d}" for i in range(150)]
     clients = fill(default, names)
     [users] = clients[-1].got("chat-users")
@@ -257,7 +272,14 @@ def test_text_clients_see_a_large_room_as_lines(hub: Hub, clock: Clock) -> None:
 def test_a_storm_into_a_large_room_costs_linear_presence_work(
     history: History, clock: Clock, prepare: Prepare
 ) -> None:
-    hub = Hub(history, clock, prepare, server="s", large_room=50, presence_interval=INTERVAL)
+    hub = Hub(
+        LocalBackplane(history),
+        clock,
+        prepare,
+        server="s",
+        large_room=50,
+        presence_interval=INTERVAL,
+    )
     clients = []
     for i in range(1000):
         clients.append(joined(hub, i, f"user{i}", "storm")[0])

@@ -1,0 +1,157 @@
+"""Hubs of several instances on one real Redis: room messages and history.
+
+Each `Hub` here is what one instance runs, with its own `RedisBackplane`;
+the members are in-memory (tests/members.py), the Redis is real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from members import Client, Prepare
+from redis_server import RedisServer
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater
+
+from chatservice.hub import Hub, Session
+from chatservice.messages import Join, Say
+from chatservice.redis_backplane import RedisBackplane, parse_redis_url
+
+Instance = Callable[[], Any]
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError("timed out")
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01
+
+
+@pytest.fixture
+def instance(redis_server: RedisServer) -> Iterator[Instance]:
+    """Makes hubs on one Redis: ``hub = await instance()``."""
+    backplanes: list[RedisBackplane] = []
+
+    async def start() -> Hub:
+        backplane = RedisBackplane(parse_redis_url(redis_server.url), 1000, reactor)
+        backplane.start()
+        backplanes.append(backplane)
+        await wait_until(lambda: backplane.problem is None)
+        return Hub(backplane, reactor, Prepare(), server="s")
+
+    yield start
+    for backplane in backplanes:
+        pytest_twisted.blockon(backplane.stop())
+
+
+_ids = iter(range(1, 1_000_000))
+
+
+async def join(hub: Hub, name: str, room: str = "r", since: int | None = None) -> Client:
+    client = Client(next(_ids))
+    session = hub.connect(client)
+    hub.handle(session, Join(room=room, username=name, since=since))
+    await wait_until(lambda: bool(client.got("chat-users")) or bool(client.got("chat-error")))
+    return client
+
+
+def session_of(hub: Hub, client: Client) -> Session:
+    return hub.sessions[client]
+
+
+def ids(messages: list[dict[str, Any]]) -> list[int]:
+    return [m["id"] for m in messages]
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_cross_instances_in_one_order(instance: Instance) -> None:
+    one, two = await instance(), await instance()
+    alice, bob = await join(one, "alice"), await join(two, "bob")
+    for i in range(10):
+        one.handle(session_of(one, alice), Say(f"from alice {i}"))
+        two.handle(session_of(two, bob), Say(f"from bob {i}"))
+    await wait_until(lambda: len(alice.got("chat-message")) == 20)
+    await wait_until(lambda: len(bob.got("chat-message")) == 20)
+    seen = alice.got("chat-message")
+    assert seen == bob.got("chat-message")
+    assert ids(seen) == sorted(set(ids(seen)))
+    assert [m["message"] for m in seen if m["username"] == "bob"] == [
+        f"from bob {i}" for i in range(10)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_and_since_through_the_other_instance(instance: Instance) -> None:
+    one, two = await instance(), await instance()
+    alice = await join(one, "alice")
+    for i in range(5):
+        one.handle(session_of(one, alice), Say(f"m{i}"))
+    await wait_until(lambda: len(alice.got("chat-message")) == 5)
+    said = alice.got("chat-message")
+    carol = await join(two, "carol")
+    assert carol.got("chat-history") == [{"room": "r", "messages": said, "recovered": False}]
+    dave = await join(two, "dave", since=said[1]["id"])
+    assert dave.got("chat-history") == [{"room": "r", "messages": said[2:], "recovered": True}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_joiners_while_messages_flow_miss_nothing_and_see_nothing_twice(
+    instance: Instance,
+) -> None:
+    one, two = await instance(), await instance()
+    alice = await join(one, "alice")
+    await join(two, "bob")  # two already watches the room: joiners use its position
+    talking = True
+
+    async def talk() -> None:
+        i = 0
+        while talking:
+            one.handle(session_of(one, alice), Say(f"m{i}"))
+            i += 1
+            await deferLater(reactor, 0.001, lambda: None)
+
+    chatter = ensureDeferred(talk())
+    joiners = []
+    for n in range(20):
+        joiners.append(await join(two, f"joiner{n}", room="r"))
+        await deferLater(reactor, 0.003, lambda: None)
+    talking = False
+    await chatter
+    total = len(alice.got("chat-message")) + 0
+    await wait_until(lambda: len(alice.got("chat-message")) >= total)
+    await deferLater(reactor, 0.2, lambda: None)
+    everything = ids(alice.got("chat-message"))
+    for joiner in joiners:
+        (history,) = joiner.got("chat-history")
+        seen = ids(history["messages"]) + ids(joiner.got("chat-message"))
+        # A contiguous run of the room's messages, ending with the last one.
+        assert seen == everything[len(everything) - len(seen) :], joiner.conn_id
+        assert len(seen) >= min(len(everything), 50)
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_gives_unavailable_then_the_chat_works_again(
+    instance: Instance, redis_server: RedisServer
+) -> None:
+    one, two = await instance(), await instance()
+    alice, bob = await join(one, "alice"), await join(two, "bob")
+    redis_server.kill()
+    await wait_until(lambda: one.backplane.problem is not None)  # type: ignore[attr-defined]
+    one.handle(session_of(one, alice), Say("lost?"))
+    await wait_until(lambda: bool(alice.got("chat-error")))
+    assert alice.got("chat-error")[0]["code"] == "unavailable"
+    newcomer = await join(one, "newcomer", room="elsewhere")
+    assert [e["code"] for e in newcomer.got("chat-error")] == ["unavailable"]
+    redis_server.start()
+    await wait_until(
+        lambda: one.backplane.problem is None and two.backplane.problem is None  # type: ignore[attr-defined]
+    )
+    one.handle(session_of(one, alice), Say("back"))
+    await wait_until(lambda: bool(bob.got("chat-message")))
+    assert [m["message"] for m in bob.got("chat-message")] == ["back"]
