@@ -14,13 +14,21 @@ same promises, checked by the same tests (tests/test_backplane.py):
   `since`), the later ones come to the listener.
 - Reads (`recent`, `since`, `rooms`) answer with Deferreds: Redis is a round
   trip away.  `LocalBackplane`'s have fired already.
+- Presence spans instances: a name is claimed for the whole deployment, and
+  what members here do in a room (join, leave, rename, type) reaches the
+  other instances' hubs as `Presence` events for their own members, with a
+  snapshot of the room's members elsewhere when a room is watched (and when
+  the backplane had to reconnect).  Members of an instance that died are
+  taken out by the others, as if they had left.  In one process there is
+  nobody elsewhere: `LocalBackplane`'s presence calls do nothing.
 
 A backplane that cannot do its work (Redis is down) fails with `Unavailable`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet import defer
@@ -32,6 +40,39 @@ from chatservice.history import JOIN_HISTORY, History, StoredMessage
 Listener = Callable[[StoredMessage], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """What a member of another instance did in a watched room.
+
+    Attributes:
+        kind: ``join``, ``leave``, ``nick`` (`name` is the new name, `old` the
+            old one, `rooms` all of its rooms, in its order), ``typing``, or
+            ``members``: `members` is everybody elsewhere in the room now
+            (after a watch or a reconnect; compare with what you knew).
+        member: Who, over all instances (``<instance>:<connection>``).
+    """
+
+    kind: str
+    room: str
+    member: str = ""
+    name: str = ""
+    old: str = ""
+    rooms: tuple[str, ...] = ()
+    members: dict[str, str] | None = None
+
+
+#: What a backplane hands presence events of watched rooms to.
+PresenceListener = Callable[[Presence], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """A room being watched from `position` on, and its members elsewhere then."""
+
+    position: int
+    members: dict[str, str] = field(default_factory=dict)
+
+
 class Unavailable(Exception):
     """The backplane cannot do this now (e.g. Redis is unreachable); try later."""
 
@@ -40,12 +81,15 @@ class Backplane(Protocol):
     """What the hub needs of a backplane (see the module docstring)."""
 
     listener: Listener | None
+    presence: PresenceListener | None
+    #: Put in guests' names (``guest-<prefix>7``) so that instances do not collide.
+    guest_prefix: str
 
     def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
         """Number, keep and pass on a message; fires once it is kept."""
 
-    def watch(self, room: str) -> Deferred[int]:
-        """Pass on `room`'s messages from now on; fires with the position."""
+    def watch(self, room: str) -> Deferred[Watched]:
+        """Pass on `room`'s messages and presence from now on; fires with the position."""
 
     def unwatch(self, room: str) -> None:
         """Stop passing on `room`'s messages."""
@@ -67,6 +111,24 @@ class Backplane(Protocol):
     def rooms(self) -> Deferred[list[str]]:
         """The rooms that have kept messages, sorted."""
 
+    def claim(self, name: str, conn_id: int) -> Deferred[bool]:
+        """Take `name` (any case) for connection `conn_id`; False if someone has it."""
+
+    def release(self, name: str, conn_id: int) -> None:
+        """Give back a name `conn_id` claimed."""
+
+    def joined(self, room: str, conn_id: int, name: str) -> None:
+        """Tell the other instances a member here joined `room`."""
+
+    def left(self, room: str, conn_id: int, name: str) -> None:
+        """Tell the other instances a member here left `room` (or closed)."""
+
+    def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
+        """Tell the other instances a member here is now `new` in `rooms`."""
+
+    def typing(self, room: str, conn_id: int, name: str) -> None:
+        """Tell the other instances a member here is typing in `room`."""
+
 
 class LocalBackplane:
     """One process: the SQLite `History`, messages passed on in-process.
@@ -74,9 +136,12 @@ class LocalBackplane:
     Every stored message goes to the listener (watching costs nothing here).
     """
 
+    guest_prefix = ""
+
     def __init__(self, history: History) -> None:
         self.history = history
         self.listener: Listener | None = None
+        self.presence: PresenceListener | None = None
 
     def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
         return self.history.append(room, username, message, time).addCallback(self._pass_on)
@@ -86,8 +151,8 @@ class LocalBackplane:
             self.listener(message)
         return message
 
-    def watch(self, room: str) -> Deferred[int]:
-        return defer.succeed(self.history.newest(room))
+    def watch(self, room: str) -> Deferred[Watched]:
+        return defer.succeed(Watched(self.history.newest(room)))
 
     def unwatch(self, room: str) -> None:
         pass
@@ -107,3 +172,23 @@ class LocalBackplane:
 
     def rooms(self) -> Deferred[list[str]]:
         return defer.succeed(self.history.rooms())
+
+    # Nobody elsewhere: the hub's own names and rooms are all there is.
+
+    def claim(self, name: str, conn_id: int) -> Deferred[bool]:
+        return defer.succeed(True)
+
+    def release(self, name: str, conn_id: int) -> None:
+        pass
+
+    def joined(self, room: str, conn_id: int, name: str) -> None:
+        pass
+
+    def left(self, room: str, conn_id: int, name: str) -> None:
+        pass
+
+    def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
+        pass
+
+    def typing(self, room: str, conn_id: int, name: str) -> None:
+        pass

@@ -20,7 +20,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from chatservice import logs
-from chatservice.backplane import Backplane, Unavailable
+from chatservice.backplane import Backplane, Presence, Unavailable, Watched
 from chatservice.history import StoredMessage
 from chatservice.messages import (
     MAX_ROOM_LENGTH,
@@ -135,6 +135,7 @@ class Room:
         position: Fires with the backplane's position in the room once it
             watches it (`Backplane.watch`).
         last: The id of the room's last message passed on here.
+        remote: Members of other instances (``instance:connection`` -> name).
     """
 
     __slots__ = (
@@ -146,6 +147,7 @@ class Room:
         "last",
         "name",
         "position",
+        "remote",
         "roster",
         "sessions",
         "waiters",
@@ -160,13 +162,18 @@ class Room:
         self.flush: IDelayedCall | None = None
         self.history_frames: dict[tuple[int | None, int, Dialect], tuple[Any, int, int]] = {}
         self.joining: dict[Session, list[StoredMessage]] = {}
-        self.position: Deferred[int] | None = None
+        self.position: Deferred[Watched] | None = None
+        self.remote: dict[str, str] = {}
         #: Who waits for `position`.
         self.waiters: list[Deferred[int]] = []
         self.last: int | None = None
 
     def empty(self) -> bool:
         return not self.sessions and not self.joining
+
+    def count(self) -> int:
+        """Members here and on other instances."""
+        return len(self.sessions) + len(self.remote)
 
     def add(self, session: Session) -> None:
         assert session.name is not None  # joined, so named
@@ -191,7 +198,7 @@ class Room:
     def users(self, after: str | None = None, limit: int = USERS_PAGE) -> dict[str, Any]:
         """A ``chat-users`` payload: the member count and a page of names."""
         names, cursor = self.roster.page(after, limit)
-        payload: dict[str, Any] = {"room": self.name, "users": names, "count": len(self.sessions)}
+        payload: dict[str, Any] = {"room": self.name, "users": names, "count": self.count()}
         if cursor is not None:
             payload["next"] = cursor
         if after is not None:
@@ -234,6 +241,7 @@ class Hub:
     ) -> None:
         self.backplane = backplane
         backplane.listener = self._deliver
+        backplane.presence = self._presence
         self.stats = stats if stats is not None else Counters()
         self.clock = clock
         self.seconds = clock.seconds
@@ -279,7 +287,9 @@ class Hub:
         for room in list(session.rooms):
             self._leave(session, room, tell_leaver=False)
         if session.name is not None:
-            self._names.pop(session.name.casefold(), None)
+            if self._names.get(session.name.casefold()) is session:
+                del self._names[session.name.casefold()]
+            self.backplane.release(session.name, member.conn_id)
 
     def admit(self, session: Session) -> bool:
         """Whether a frame from `session` may be handled (the rate limit).
@@ -314,7 +324,7 @@ class Hub:
 
     def guest_name(self, member: Member) -> str:
         """A free name like ``guest-7`` for a client that has not chosen one."""
-        base = f"guest-{member.conn_id}"
+        base = f"guest-{self.backplane.guest_prefix}{member.conn_id}"
         name, n = base, 1
         while name.casefold() in self._names:
             n += 1
@@ -361,15 +371,61 @@ class Hub:
             raise ProtocolError("not-joined", f"you have not joined {what}", type)
         return name
 
-    def _claim(self, session: Session, username: str, type: str) -> None:
+    def _claim(self, session: Session, username: str, type: str) -> Deferred[None]:
+        """Take `username` for `session`, here and on every instance.
+
+        Raises:
+            ProtocolError: ``username-taken`` here (at once); through the
+                Deferred when another instance has it.
+        """
         key = username.casefold()
         holder = self._names.get(key)
         if holder is not None and holder is not session:
             raise ProtocolError("username-taken", f"{username!r} is taken", type)
-        if session.name is not None:
-            self._names.pop(session.name.casefold(), None)
-        self._names[key] = session
-        session.name = username
+        self._names[key] = session  # held here while the backplane is asked
+        member = session.member
+
+        def answered(taken: bool) -> None:
+            if not taken or self.sessions.get(member) is not session:
+                if self._names.get(key) is session and session.name != username:
+                    del self._names[key]
+                if not taken:
+                    raise ProtocolError("username-taken", f"{username!r} is taken", type)
+                self.backplane.release(username, member.conn_id)  # closed meanwhile
+                return
+            old = session.name
+            if old is not None and old.casefold() != key:
+                if self._names.get(old.casefold()) is session:
+                    del self._names[old.casefold()]
+                self.backplane.release(old, member.conn_id)
+            session.name = username
+
+        def refused(failure: Failure) -> None:
+            if self._names.get(key) is session and session.name != username:
+                del self._names[key]
+            if failure.check(Unavailable):
+                raise ProtocolError(
+                    "unavailable", "the chat cannot reach its storage; try again soon", type
+                )
+            failure.raiseException()
+
+        return self.backplane.claim(username, member.conn_id).addCallbacks(answered, refused)
+
+    def _then(self, d: Deferred[None], session: Session, go: Callable[[], None]) -> None:
+        """Go on with a command once `d` fired; tell the client if it failed."""
+
+        def failed(failure: Failure) -> None:
+            error = failure.value if failure.check(ProtocolError) else None
+            if error is None:
+                _log.failure(
+                    "conn={conn_id} command failed", failure, conn_id=session.member.conn_id
+                )
+                error = ProtocolError("server-error", "that did not work; try again")
+            if self.sessions.get(session.member) is session:
+                session.member.send_event(error.event())
+
+        d.addCallback(lambda _: go() if self.sessions.get(session.member) is session else None)
+        d.addErrback(failed)
 
     def _join(self, session: Session, command: Join) -> None:
         if session.name is None:
@@ -377,7 +433,12 @@ class Hub:
                 raise ProtocolError(
                     "bad-username", "the first chat-join needs a username", "chat-join"
                 )
-            self._claim(session, command.username, "chat-join")
+            claimed = self._claim(session, command.username, "chat-join")
+            self._then(claimed, session, lambda: self._enter(session, command))
+        else:
+            self._enter(session, command)
+
+    def _enter(self, session: Session, command: Join) -> None:
         name = command.room
         room = self.rooms.get(name)
         if room is None:
@@ -405,9 +466,13 @@ class Hub:
             errbackArgs=(session, room, already),
         )
 
-    def _watching(self, position: int, room: Room) -> None:
-        if room.last is None or room.last < position:
-            room.last = position
+    def _watching(self, watched: Watched, room: Room) -> None:
+        if room.last is None or room.last < watched.position:
+            room.last = watched.position
+        for member, name in watched.members.items():
+            if member not in room.remote:
+                room.remote[member] = name
+                room.roster.add(name)
         waiters, room.position = room.waiters, None
         room.waiters = []
         for waiter in waiters:
@@ -456,6 +521,7 @@ class Hub:
             return  # joined before, or closed while sending (a slow consumer)
         assert session.name is not None  # claimed above
         name = room.name
+        self.backplane.joined(name, member.conn_id, session.name)
         if self._is_large(room):
             room.changes.join(session.name)
             self._schedule_presence(room)
@@ -510,6 +576,7 @@ class Hub:
         announced = room.joining.pop(session, None) is None
         if announced:
             room.remove(session)
+            self.backplane.left(name, session.member.conn_id, session.name)
         if room.empty():
             self._drop_room(room)
         elif not announced or not room.sessions:
@@ -617,14 +684,18 @@ class Hub:
             return  # thousands typing is noise, and the square of the room's size in events
         event: Event = ("chat-typing", {"username": session.name, "room": name})
         self._fan_out(room.groups.items(), event, exclude=session.member)
+        assert session.name is not None  # joined, so named
+        self.backplane.typing(name, session.member.conn_id, session.name)
 
     def _nick(self, session: Session, username: str) -> None:
         old = session.name
         if old == username:
             return
-        self._claim(session, username, "chat-nick")
-        if old is None:
-            return
+        claimed = self._claim(session, username, "chat-nick")
+        if old is not None:
+            self._then(claimed, session, lambda: self._renamed(session, old, username))
+
+    def _renamed(self, session: Session, old: str, username: str) -> None:
         rooms = list(session.rooms)
         event: Event = ("chat-nick", {"old": old, "new": username, "rooms": rooms})
         audience: dict[Dialect, dict[Member, None]] = {
@@ -642,6 +713,8 @@ class Hub:
             for dialect, group in room.groups.items():
                 audience.setdefault(dialect, {}).update(group)
         self._fan_out(audience.items(), event)
+        announced = [name for name in rooms if session not in self.rooms[name].joining]
+        self.backplane.renamed(announced, session.member.conn_id, old, username)
         _log.info(
             "conn={conn_id} {old} is now {new}",
             conn_id=session.member.conn_id,
@@ -652,11 +725,89 @@ class Hub:
     # Presence and what joiners get.
 
     def _is_large(self, room: Room) -> bool:
-        return len(room.sessions) > self.large_room
+        return room.count() > self.large_room
+
+    # What members of other instances do.
+
+    def _presence(self, event: Presence) -> None:
+        """The backplane's presence listener: a member elsewhere did something in a room here."""
+        room = self.rooms.get(event.room)
+        if room is None:
+            return
+        kind = event.kind
+        if kind == "join":
+            self._remote_joined(room, event.member, event.name)
+        elif kind == "leave":
+            self._remote_left(room, event.member)
+        elif kind == "nick":
+            self._remote_renamed(room, event)
+        elif kind == "typing":
+            if event.member in room.remote and not self._is_large(room):
+                typing: Event = ("chat-typing", {"username": event.name, "room": room.name})
+                self._fan_out(room.groups.items(), typing)
+        elif kind == "members" and event.members is not None:
+            # After a reconnect: whoever came or went meanwhile.
+            for member in [m for m in room.remote if m not in event.members]:
+                self._remote_left(room, member)
+            for member, name in event.members.items():
+                if member not in room.remote:
+                    self._remote_joined(room, member, name)
+                elif room.remote[member] != name:
+                    room.roster.rename(room.remote[member], name)
+                    room.remote[member] = name
+
+    def _remote_joined(self, room: Room, member: str, name: str) -> None:
+        if member in room.remote:
+            return
+        room.remote[member] = name
+        room.roster.add(name)
+        if self._is_large(room):
+            room.changes.join(name)
+            self._schedule_presence(room)
+        else:
+            event: Event = ("chat-join", {"username": name, "room": room.name, "time": self._now()})
+            self._to_room(room, event)
+
+    def _remote_left(self, room: Room, member: str) -> None:
+        name = room.remote.pop(member, None)
+        if name is None:
+            return
+        room.roster.remove(name)
+        if self._is_large(room):
+            room.changes.leave(name)
+            self._schedule_presence(room)
+        else:
+            self._flush_presence(room)
+            event: Event = (
+                "chat-leave",
+                {"username": name, "room": room.name, "time": self._now()},
+            )
+            self._to_room(room, event)
+
+    def _remote_renamed(self, room: Room, event: Presence) -> None:
+        old = room.remote.get(event.member)
+        if old is None:
+            return
+        new = event.name
+        room.remote[event.member] = new
+        room.roster.rename(old, new)
+        if self._is_large(room):
+            room.changes.rename(old, new)
+            self._schedule_presence(room)
+            return
+        # Each member here hears of it once: through the first of the
+        # renamed member's rooms that it is in too.
+        audience: dict[Dialect, list[Member]] = {}
+        for session in room.sessions:
+            first = next((r for r in event.rooms if r in session.rooms), None)
+            if first == room.name:
+                audience.setdefault(session.member.dialect, []).append(session.member)
+        nick: Event = ("chat-nick", {"old": old, "new": new, "rooms": list(event.rooms)})
+        self._fan_out(audience.items(), nick)
 
     def _users(self, room: Room, after: str | None = None) -> dict[str, Any]:
         if after is None and not self._is_large(room):
-            return room.users(limit=len(room.sessions))  # a small room: everybody
+            return room.users(limit=room.count())  # a small room: everybody
         return room.users(after)
 
     def _schedule_presence(self, room: Room) -> None:

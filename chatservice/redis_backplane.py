@@ -8,7 +8,13 @@ Keys (``chatservice:`` is the default prefix)::
     chatservice:rooms                set of the rooms with kept messages
     chatservice:room:<room>:log      stream: the kept messages, entry id "<id>-0"
     chatservice:room:<room>:marks    hash: newest (last id given), pruned (last dropped)
-    chatservice:room:<room>          pub/sub channel: the room's messages
+    chatservice:room:<room>          pub/sub channel: the room's messages and presence
+    chatservice:room:<room>:members  hash: "<instance>:<connection>" -> name
+    chatservice:names                hash: name.casefold() -> "<instance>:<connection>"
+    chatservice:instances            set of the instances' ids
+    chatservice:instance:<id>        "alive", expiring `ttl` after its last heartbeat
+    chatservice:instance:<id>:rooms  set: rooms it has had members in
+    chatservice:instance:<id>:names  set: names it has claimed
 
 One script (`_STORE`) numbers, keeps, trims and publishes a message, so Redis
 does all of it or none, and publishes in id order: every instance's
@@ -23,6 +29,15 @@ connection comes back, each watched room's stream is read from there
 each message once and in order, as if the connection never dropped (as far
 as the stream still keeps them: ``--history``).
 
+Presence: each instance keeps its members in the rooms' member hashes and
+its names in the names hash, and publishes what they do on the room's
+channel (JSON objects with an ``event``; messages have an ``id``).  It
+refreshes its ``instance:<id>`` key every ttl/3; every instance also looks
+for instances whose key expired and takes their members out (`_REAP`, one
+script, so only one instance publishes their leaves).  An instance that
+comes back (its connection to Redis dropped, or it was taken for dead) puts
+its members and names back, and re-reads the members of its rooms.
+
 Commands go over one connection (Twisted-native txredisapi, with hiredis
 parsing; chosen by bench/redis_clients_bench.py), the subscription over a
 second; both reconnect by themselves with backoff.  While either is down,
@@ -32,8 +47,9 @@ second; both reconnect by themselves with backoff.  While either is down,
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,16 +59,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatservice import logs
-from chatservice.backplane import Listener, Unavailable
+from chatservice.backplane import Listener, Presence, PresenceListener, Unavailable, Watched
 from chatservice.history import JOIN_HISTORY, StoredMessage
 
 _log = Logger(observer=logs.filtered)
 
 DEFAULT_PORT = 6379
+#: Seconds after its last heartbeat that an instance counts as dead.
+INSTANCE_TTL = 15.0
 #: Seconds a command may take before Redis counts as unavailable.
 REPLY_TIMEOUT = 5.0
 
@@ -93,14 +112,99 @@ end
 return {1, redis.call('XRANGE', KEYS[1], (since + 1) .. '-0', '+')}
 """
 
-# KEYS: log, marks.  ARGV: after.  Returns {newest, pruned, entries after
-# `after`}, or all entries if newest < after (Redis lost its data and counts again).
+# KEYS: log, marks, members.  ARGV: after.  Returns {newest, pruned, entries
+# after `after` (all of them if newest < after: Redis lost its data and counts
+# again), members}.
 _BACKFILL = """
 local marks = redis.call('HMGET', KEYS[2], 'newest', 'pruned')
 local newest = tonumber(marks[1]) or 0
 local after = tonumber(ARGV[1])
 if newest < after then after = 0 end
-return {newest, tonumber(marks[2]) or 0, redis.call('XRANGE', KEYS[1], (after + 1) .. '-0', '+')}
+return {newest, tonumber(marks[2]) or 0,
+        redis.call('XRANGE', KEYS[1], (after + 1) .. '-0', '+'),
+        redis.call('HGETALL', KEYS[3])}
+"""
+
+
+# KEYS: marks, members.  Returns {newest, members hash as a flat list}.
+_WATCH = """
+local newest = tonumber(redis.call('HGET', KEYS[1], 'newest')) or 0
+return {newest, redis.call('HGETALL', KEYS[2])}
+"""
+
+# KEYS: members, channel, the instance's rooms.  ARGV: member, name, event,
+# room, "1" to publish even if the member was there already.
+_JOIN = """
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[4])
+if added == 1 or ARGV[5] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[3]) end
+return added
+"""
+
+# KEYS: members, channel.  ARGV: member, event.
+_LEAVE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+return 0
+"""
+
+# KEYS: members, channel.  ARGV: member, new name, event.
+_RENAME = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PUBLISH', KEYS[2], ARGV[3])
+end
+return 0
+"""
+
+# KEYS: names, the instance's names.  ARGV: folded name, member.  1 if taken.
+_CLAIM = """
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder and holder ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: names.  ARGV: folded name, member.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# KEYS: instances, alive.  ARGV: id, ttl in ms.  1 if the instance was not
+# in the set (new, or taken for dead meanwhile).
+_HEARTBEAT = """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return redis.call('SADD', KEYS[1], ARGV[1])
+"""
+
+# KEYS: instances, its alive key, its rooms, its names, names.  ARGV: its id,
+# the key prefix.  Takes a dead instance's members out of every room (with a
+# leave event each) and gives back its names; 1 if this call did it.
+_REAP = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local mine = ARGV[1] .. ':'
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local members = ARGV[2] .. 'room:' .. room .. ':members'
+  local channel = ARGV[2] .. 'room:' .. room
+  local all = redis.call('HGETALL', members)
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, #mine) == mine then
+      redis.call('HDEL', members, all[i])
+      redis.call('PUBLISH', channel, cjson.encode(
+        {event = 'leave', room = room, member = all[i], name = all[i + 1]}))
+    end
+  end
+end
+for _, folded in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  local holder = redis.call('HGET', KEYS[5], folded)
+  if holder and string.sub(holder, 1, #mine) == mine then
+    redis.call('HDEL', KEYS[5], folded)
+  end
+end
+redis.call('DEL', KEYS[3], KEYS[4])
+return 1
 """
 
 
@@ -188,6 +292,30 @@ def _parse(payload: bytes | str) -> StoredMessage:
     )
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A hash from HGETALL's flat list."""
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _event(fields: dict[str, Any]) -> str:
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def _presence(fields: dict[str, Any]) -> Presence:
+    return Presence(
+        kind=fields["event"],
+        room=fields["room"],
+        member=fields.get("member", ""),
+        name=fields.get("name", ""),
+        old=fields.get("old", ""),
+        rooms=tuple(fields.get("rooms") or ()),
+    )
+
+
 def _entries(entries: list[Any]) -> list[StoredMessage]:
     """Stream entries ``[id, [b"m", payload]]`` as messages."""
     return [_parse(fields[1]) for _, fields in entries]
@@ -202,10 +330,10 @@ class _Watch:
         self.channel = channel
         #: The last id passed on (or the position); None until known.
         self.last: int | None = None
-        #: Live messages that came while the position or a backfill was read, else None.
-        self.waiting: list[StoredMessage] | None = None
+        #: What came live while the position or a backfill was read, else None.
+        self.waiting: list[StoredMessage | Presence] | None = None
         #: Who waits for the position.
-        self.callers: list[Deferred[int]] = []
+        self.callers: list[Deferred[Watched]] = []
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -271,16 +399,33 @@ class RedisBackplane:
         keep: How many messages of each room are kept (``--history``).
         reactor: The reactor (connections and their retries).
         prefix: Put before every key and channel name.
+        ttl: Seconds after its last heartbeat that an instance is taken for dead.
     """
 
     def __init__(
-        self, address: RedisAddress, keep: int, reactor: Any, prefix: str = "chatservice:"
+        self,
+        address: RedisAddress,
+        keep: int,
+        reactor: Any,
+        prefix: str = "chatservice:",
+        ttl: float = INSTANCE_TTL,
     ) -> None:
         self.address = address
         self.keep = keep
         self.reactor = reactor
         self.prefix = prefix
+        self.ttl = ttl
+        #: This instance, for the others: random, new at every start.
+        self.instance = os.urandom(6).hex()
+        self.guest_prefix = self.instance[:4] + "-"
         self.listener: Listener | None = None
+        self.presence: PresenceListener | None = None
+        #: What this instance has in Redis, to put back after an outage.
+        self._claims: dict[str, str] = {}
+        self._memberships: dict[str, dict[str, str]] = {}
+        self._connected_before = False
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = reactor
         #: Called with None when Redis is reachable again, or with the reason it is not.
         self.on_status: Callable[[str | None], None] | None = None
         self._watches: dict[str, _Watch] = {}
@@ -299,15 +444,40 @@ class RedisBackplane:
     # -- connecting --------------------------------------------------------
 
     def start(self) -> None:
-        """Connect (and keep reconnecting) both connections."""
+        """Connect (and keep reconnecting) both connections; heartbeats."""
         self._commands.startConnecting(self.address.endpoint(self.reactor))
         self._subscriptions.startConnecting(self.address.endpoint(self.reactor))
+        self._heartbeat.start(self.ttl / 3, now=False)
 
     def stop(self) -> Deferred[Any]:
-        """Close both connections; no more reconnecting."""
-        return defer.gatherResults(
-            [self._commands.disconnect(), self._subscriptions.disconnect()], consumeErrors=True
-        )
+        """Leave (members and names go at once, not after `ttl`), then close both connections."""
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        gone: Deferred[Any] = defer.succeed(None)
+        if self._commands_ready:
+            # Our members' leaves were published as they closed; the rest:
+            gone = self._command(
+                "eval",
+                _REAP,
+                [
+                    f"{self.prefix}instances",
+                    self._instance_key(self.instance),
+                    self._instance_key(self.instance, "rooms"),
+                    self._instance_key(self.instance, "names"),
+                    f"{self.prefix}names",
+                ],
+                [self.instance, self.prefix],
+            )
+            gone.addErrback(lambda _: None)
+            self._command("delete", self._instance_key(self.instance)).addErrback(lambda _: None)
+
+        def close(_: Any) -> Deferred[Any]:
+            return defer.gatherResults(
+                [self._commands.disconnect(), self._subscriptions.disconnect()],
+                consumeErrors=True,
+            )
+
+        return gone.addCallback(close)
 
     @property
     def problem(self) -> str | None:
@@ -317,6 +487,10 @@ class RedisBackplane:
     def _commands_up(self) -> None:
         self._commands_ready = True
         self._update_status()
+        self._beat()
+        if self._connected_before:
+            self._restore()
+        self._connected_before = True
         # Backfills that failed while only the subscriber was back.
         if self._subscriber is not None:
             for room, watch in list(self._watches.items()):
@@ -431,19 +605,172 @@ class RedisBackplane:
         d = self._command("smembers", f"{self.prefix}rooms")
         return d.addCallback(lambda names: sorted(n.decode() for n in names))
 
-    def _newest(self, room: str) -> Deferred[int]:
-        d = self._command("hget", self._key(room, "marks"), "newest")
-        return d.addCallback(lambda newest: int(newest or 0))
+    # -- presence ------------------------------------------------------------
+
+    def _instance_key(self, instance: str, what: str = "") -> str:
+        return f"{self.prefix}instance:{instance}" + (f":{what}" if what else "")
+
+    def _member(self, conn_id: int) -> str:
+        return f"{self.instance}:{conn_id}"
+
+    def _quietly(self, d: Deferred[Any], what: str) -> None:
+        # Presence is best effort while Redis is away: `_restore` puts back
+        # what this instance has when it returns.
+        d.addErrback(
+            lambda failure: _log.debug("redis {what} failed: {why}", what=what, why=failure)
+        )
+
+    def claim(self, name: str, conn_id: int) -> Deferred[bool]:
+        folded, member = name.casefold(), self._member(conn_id)
+        keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
+        d = self._command("eval", _CLAIM, keys, [folded, member])
+
+        def answered(taken: Any) -> bool:
+            if int(taken):
+                self._claims[folded] = member
+                return True
+            return False
+
+        return d.addCallback(answered)
+
+    def release(self, name: str, conn_id: int) -> None:
+        folded, member = name.casefold(), self._member(conn_id)
+        if self._claims.get(folded) == member:
+            del self._claims[folded]
+        if self._commands_ready:
+            d = self._command("eval", _RELEASE, [f"{self.prefix}names"], [folded, member])
+            self._quietly(d, "release")
+
+    def joined(self, room: str, conn_id: int, name: str) -> None:
+        member = self._member(conn_id)
+        self._memberships.setdefault(room, {})[member] = name
+        self._publish_join(room, member, name, always=True)
+
+    def _publish_join(self, room: str, member: str, name: str, always: bool) -> None:
+        if not self._commands_ready:
+            return
+        event = _event({"event": "join", "room": room, "member": member, "name": name})
+        keys = [
+            self._key(room, "members"),
+            self._channel(room),
+            self._instance_key(self.instance, "rooms"),
+        ]
+        d = self._command("eval", _JOIN, keys, [member, name, event, room, "1" if always else "0"])
+        self._quietly(d, "join")
+
+    def left(self, room: str, conn_id: int, name: str) -> None:
+        member = self._member(conn_id)
+        members = self._memberships.get(room)
+        if members is not None:
+            members.pop(member, None)
+            if not members:
+                del self._memberships[room]
+        if not self._commands_ready:
+            return
+        event = _event({"event": "leave", "room": room, "member": member, "name": name})
+        keys = [self._key(room, "members"), self._channel(room)]
+        self._quietly(self._command("eval", _LEAVE, keys, [member, event]), "leave")
+
+    def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
+        member = self._member(conn_id)
+        for room in rooms:
+            members = self._memberships.get(room)
+            if members is not None and member in members:
+                members[member] = new
+        if not self._commands_ready:
+            return
+        for room in rooms:
+            event = _event(
+                {
+                    "event": "nick",
+                    "room": room,
+                    "member": member,
+                    "name": new,
+                    "old": old,
+                    "rooms": list(rooms),
+                }
+            )
+            keys = [self._key(room, "members"), self._channel(room)]
+            self._quietly(self._command("eval", _RENAME, keys, [member, new, event]), "rename")
+
+    def typing(self, room: str, conn_id: int, name: str) -> None:
+        if not self._commands_ready:
+            return
+        member = self._member(conn_id)
+        event = _event({"event": "typing", "room": room, "member": member, "name": name})
+        self._quietly(self._command("publish", self._channel(room), event), "typing")
+
+    def _restore(self) -> None:
+        """Put back this instance's names and members (after an outage, or being reaped)."""
+        for folded, member in list(self._claims.items()):
+            keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
+            d = self._command("eval", _CLAIM, keys, [folded, member])
+
+            def checked(taken: Any, folded: str = folded) -> None:
+                if not int(taken):
+                    _log.warn(
+                        "redis: the name {name!r} was taken elsewhere while Redis was away",
+                        name=folded,
+                    )
+
+            d.addCallback(checked)
+            self._quietly(d, "claim")
+        for room, members in list(self._memberships.items()):
+            for member, name in list(members.items()):
+                self._publish_join(room, member, name, always=False)
+
+    def _beat(self) -> None:
+        """Say this instance is alive; take out the members of those that are not."""
+        if not self._commands_ready:
+            return
+        keys = [f"{self.prefix}instances", self._instance_key(self.instance)]
+        d = self._command("eval", _HEARTBEAT, keys, [self.instance, int(self.ttl * 1000)])
+
+        def beaten(new: Any) -> Deferred[Any]:
+            if int(new) and self._connected_before and (self._claims or self._memberships):
+                _log.warn("redis: this instance was taken for dead; putting its members back")
+                self._restore()
+            return self._command("smembers", f"{self.prefix}instances")
+
+        def reap(instances: Any) -> None:
+            for other in instances:
+                other = _text(other)
+                if other == self.instance:
+                    continue
+                keys = [
+                    f"{self.prefix}instances",
+                    self._instance_key(other),
+                    self._instance_key(other, "rooms"),
+                    self._instance_key(other, "names"),
+                    f"{self.prefix}names",
+                ]
+                d = self._command("eval", _REAP, keys, [other, self.prefix])
+                d.addCallback(self._reaped, other)
+                self._quietly(d, "reap")
+
+        d.addCallback(beaten).addCallback(reap)
+        self._quietly(d, "heartbeat")
+
+    def _reaped(self, done: Any, instance: str) -> None:
+        if int(done):
+            _log.info(
+                "redis: instance {instance} stopped sending heartbeats; its members left",
+                instance=instance,
+            )
 
     # -- watching rooms ----------------------------------------------------
 
-    def watch(self, room: str) -> Deferred[int]:
+    def watch(self, room: str) -> Deferred[Watched]:
         watch = self._watches.get(room)
-        if watch is not None and watch.last is not None:
-            return defer.succeed(watch.last)
         if self._subscriber is None:
             return defer.fail(Unavailable(f"cannot reach Redis at {self.address}"))
-        caller: Deferred[int] = Deferred()
+        if watch is not None and watch.last is not None:
+            last = watch.last
+            d = self._command(
+                "eval", _WATCH, [self._key(room, "marks"), self._key(room, "members")]
+            )
+            return d.addCallback(lambda reply: Watched(last, self._others(reply[1])))
+        caller: Deferred[Watched] = Deferred()
         if watch is None:
             watch = self._watches[room] = _Watch(self._channel(room))
             self._by_channel[watch.channel] = room
@@ -457,16 +784,20 @@ class RedisBackplane:
         """Subscribe, then read the position: what is published after it comes live."""
         watch.waiting = []
         d = self._subscriber.subscribe(watch.channel)
-        d.addCallback(lambda _: self._newest(room))
+        keys = [self._key(room, "marks"), self._key(room, "members")]
+        d.addCallback(lambda _: self._command("eval", _WATCH, keys))
 
-        def positioned(newest: int) -> None:
+        def positioned(reply: list[Any]) -> None:
             if self._watches.get(room) is not watch:
                 return
-            watch.last = newest
-            self._release(room, watch)
+            watched = Watched(int(reply[0]), self._others(reply[1]))
+            watch.last = watched.position
+            # The members then, and what came since (joins and leaves again
+            # of members already counted are harmless).
             callers, watch.callers = watch.callers, []
             for caller in callers:
-                caller.callback(newest)
+                caller.callback(watched)
+            self._release(room, watch)
 
         def failed(failure: Failure) -> None:
             if self._watches.get(room) is not watch:
@@ -488,6 +819,11 @@ class RedisBackplane:
         if self._subscriber is not None:
             self._subscriber.unsubscribe(watch.channel).addErrback(lambda _: None)
 
+    def _others(self, flat: list[Any]) -> dict[str, str]:
+        """The members of other instances, from a members hash."""
+        mine = self.instance + ":"
+        return {m: n for m, n in _pairs(flat).items() if not m.startswith(mine)}
+
     def _published(self, channel: Any, payload: Any) -> None:
         if isinstance(channel, bytes):
             channel = channel.decode()
@@ -495,13 +831,23 @@ class RedisBackplane:
         if room is None:
             return  # unwatched meanwhile
         watch = self._watches[room]
-        message = _parse(payload)
-        if watch.waiting is not None:
-            watch.waiting.append(message)
+        item: StoredMessage | Presence
+        if payload.startswith(b'{"event"'):
+            item = _presence(json.loads(payload))
+            if item.member.startswith(self.instance + ":"):
+                return  # our own: the hub knows
         else:
-            self._pass_on(watch, message)
+            item = _parse(payload)
+        if watch.waiting is not None:
+            watch.waiting.append(item)
+        else:
+            self._pass_on(watch, item)
 
-    def _pass_on(self, watch: _Watch, message: StoredMessage) -> None:
+    def _pass_on(self, watch: _Watch, message: StoredMessage | Presence) -> None:
+        if isinstance(message, Presence):
+            if self.presence is not None:
+                self.presence(message)
+            return
         if watch.last is not None and message.id <= watch.last:
             return  # had it already (a backfill overlapping the live messages)
         watch.last = message.id
@@ -520,7 +866,7 @@ class RedisBackplane:
         """After a reconnect: what the stream kept after `watch.last`, then the waiting."""
         last = watch.last
         assert last is not None
-        keys = [self._key(room, "log"), self._key(room, "marks")]
+        keys = [self._key(room, "log"), self._key(room, "marks"), self._key(room, "members")]
         d = self._command("eval", _BACKFILL, keys, [last])
 
         def read(reply: list[Any]) -> None:
@@ -556,6 +902,8 @@ class RedisBackplane:
                 )
             for message in entries:
                 self._pass_on(watch, message)
+            # Presence events were lost with the connection: who is there now.
+            self._pass_on(watch, Presence("members", room, members=self._others(reply[3])))
             self._release(room, watch)
 
         def failed(failure: Failure) -> None:

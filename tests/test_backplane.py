@@ -123,7 +123,7 @@ async def test_watching_starts_after_the_newest_message(make: Make) -> None:
     backplane = await make()
     before = await say(backplane, "r", 3)
     got = listen(backplane)
-    position = await backplane.watch("r")
+    position = (await backplane.watch("r")).position
     assert position == before[-1].id
     assert await backplane.recent("r", up_to=position) == before
     after = await say(backplane, "r", 1)

@@ -1,4 +1,4 @@
-"""Hubs of several instances on one real Redis: room messages and history.
+"""Hubs of several instances on one real Redis: messages, history, presence.
 
 Each `Hub` here is what one instance runs, with its own `RedisBackplane`;
 the members are in-memory (tests/members.py), the Redis is real.
@@ -14,11 +14,11 @@ import pytest_twisted
 from members import Client, Prepare
 from redis_server import RedisServer
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 
 from chatservice.hub import Hub, Session
-from chatservice.messages import Join, Say
+from chatservice.messages import Join, Leave, Nick, Say, Typing
 from chatservice.redis_backplane import RedisBackplane, parse_redis_url
 
 Instance = Callable[[], Any]
@@ -38,8 +38,8 @@ def instance(redis_server: RedisServer) -> Iterator[Instance]:
     """Makes hubs on one Redis: ``hub = await instance()``."""
     backplanes: list[RedisBackplane] = []
 
-    async def start() -> Hub:
-        backplane = RedisBackplane(parse_redis_url(redis_server.url), 1000, reactor)
+    async def start(ttl: float = 15.0) -> Hub:
+        backplane = RedisBackplane(parse_redis_url(redis_server.url), 1000, reactor, ttl=ttl)
         backplane.start()
         backplanes.append(backplane)
         await wait_until(lambda: backplane.problem is None)
@@ -155,3 +155,87 @@ async def test_redis_down_gives_unavailable_then_the_chat_works_again(
     one.handle(session_of(one, alice), Say("back"))
     await wait_until(lambda: bool(bob.got("chat-message")))
     assert [m["message"] for m in bob.got("chat-message")] == ["back"]
+
+
+def names(client: Client, kind: str) -> list[str]:
+    return [p["username"] for p in client.got(kind)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_spans_instances(instance: Instance) -> None:
+    one, two = await instance(), await instance()
+    alice = await join(one, "alice")
+    bob = await join(two, "bob")
+    assert bob.got("chat-users") == [{"room": "r", "users": ["alice", "bob"], "count": 2}]
+    await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob"])
+    # Typing, renames (told once, though bob and alice share two rooms).
+    two.handle(session_of(two, bob), Join(room="second"))
+    await wait_until(lambda: len(bob.got("chat-users")) == 2)
+    one.handle(session_of(one, alice), Join(room="second"))
+    await wait_until(lambda: "alice" in names(bob, "chat-join"))
+    two.handle(session_of(two, bob), Typing())
+    await wait_until(lambda: bool(alice.got("chat-typing")))
+    assert alice.got("chat-typing") == [{"username": "bob", "room": "second"}]
+    two.handle(session_of(two, bob), Nick("robert"))
+    await wait_until(lambda: bool(alice.got("chat-nick")))
+    await deferLater(reactor, 0.1, lambda: None)
+    assert alice.got("chat-nick") == [{"old": "bob", "new": "robert", "rooms": ["r", "second"]}]
+    carol = await join(one, "carol")
+    assert carol.got("chat-users")[0]["users"] == ["alice", "carol", "robert"]
+    # Leaving, and closing.
+    two.handle(session_of(two, bob), Leave(room="second"))
+    await wait_until(lambda: names(alice, "chat-leave") == ["robert"])
+    two.disconnect(bob)
+    await wait_until(lambda: names(carol, "chat-leave") == ["robert"])
+    assert one.rooms["r"].usernames() == ["alice", "carol"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_are_unique_over_all_instances(instance: Instance) -> None:
+    one, two = await instance(), await instance()
+    await join(one, "alice")
+    other = await join(two, "ALICE")
+    assert [e["code"] for e in other.got("chat-error")] == ["username-taken"]
+    bob = await join(two, "bob")
+    two.handle(session_of(two, bob), Nick("Alice"))
+    await wait_until(lambda: bool(bob.got("chat-error")))
+    assert [e["code"] for e in bob.got("chat-error")] == ["username-taken"]
+    # Free again once its holder closed, wherever that was.
+    one.disconnect(next(c for c in one.sessions))
+    await deferLater(reactor, 0.1, lambda: None)
+    two.handle(session_of(two, bob), Nick("Alice"))
+    await wait_until(lambda: bool(bob.got("chat-nick")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_members_of_an_instance_that_died_leave(instance: Instance) -> None:
+    one = await instance(ttl=0.6)
+    two = await instance(ttl=0.6)
+    alice = await join(one, "alice")
+    await join(two, "bob")
+    await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob"])
+    # Two stops without a word: no heartbeats, no leaves, connections gone.
+    backplane: Any = two.backplane
+    backplane._heartbeat.stop()
+    await gatherResults([backplane._commands.disconnect(), backplane._subscriptions.disconnect()])
+    await wait_until(lambda: names(alice, "chat-leave") == ["bob"], timeout=5)
+    assert one.rooms["r"].usernames() == ["alice"]
+    newbob = await join(one, "bob")  # the name is free again
+    assert newbob.got("chat-error") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_missed_while_the_subscription_was_down_is_caught_up(
+    instance: Instance, redis_server: RedisServer
+) -> None:
+    one, two = await instance(), await instance()
+    alice = await join(one, "alice")
+    bob = await join(two, "bob")
+    await join(two, "dave")  # keeps the room watched on two
+    await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob", "dave"])
+    redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+    two.disconnect(bob)
+    await join(two, "carol")
+    await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob", "dave", "carol"])
+    assert names(alice, "chat-leave") == ["bob"]
+    assert one.rooms["r"].usernames() == ["alice", "carol", "dave"]
