@@ -229,21 +229,27 @@ class Health(Resource):
 
     isLeaf = True
 
-    def __init__(self, connections: Callable[[], int], uptime: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        connections: Callable[[], int],
+        uptime: Callable[[], float],
+        problem: Callable[[], str | None] = lambda: None,
+    ) -> None:
         super().__init__()
         self._connections = connections
         self._uptime = uptime
+        self._problem = problem
         #: Set when the service starts shutting down: then 503.
         self.shutting_down = False
 
     def render_GET(self, request: Request) -> bytes:
-        status, code = ("shutting-down", 503) if self.shutting_down else ("ok", 200)
-        return _json(
-            request,
-            code,
-            {
-                "status": status,
-                "connections": self._connections(),
-                "uptime": round(self._uptime(), 3),
-            },
-        )
+        problem = self._problem()
+        body: dict[str, object] = {"status": "ok"}
+        code = 200
+        if self.shutting_down:
+            body["status"], code = "shutting-down", 503
+        elif problem is not None:
+            body.update(status="unavailable", reason=problem)
+            code = 503
+        body.update(connections=self._connections(), uptime=round(self._uptime(), 3))
+        return _json(request, code, body)

@@ -85,6 +85,10 @@ class Backplane(Protocol):
     #: Put in guests' names (``guest-<prefix>7``) so that instances do not collide.
     guest_prefix: str
 
+    @property
+    def problem(self) -> str | None:
+        """Why the backplane cannot work now (for /healthz), or None."""
+
     def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
         """Number, keep and pass on a message; fires once it is kept."""
 
@@ -129,6 +133,12 @@ class Backplane(Protocol):
     def typing(self, room: str, conn_id: int, name: str) -> None:
         """Tell the other instances a member here is typing in `room`."""
 
+    #: What announcements of other instances (`announce`) are handed to.
+    notices: Callable[[str, str], object] | None
+
+    def announce(self, message: str, time: str) -> None:
+        """Have every other instance tell all its connections `message`."""
+
 
 class LocalBackplane:
     """One process: the SQLite `History`, messages passed on in-process.
@@ -137,11 +147,14 @@ class LocalBackplane:
     """
 
     guest_prefix = ""
+    #: A process's own SQLite is always there (its failures are per call).
+    problem = None
 
     def __init__(self, history: History) -> None:
         self.history = history
         self.listener: Listener | None = None
         self.presence: PresenceListener | None = None
+        self.notices: Callable[[str, str], object] | None = None
 
     def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
         return self.history.append(room, username, message, time).addCallback(self._pass_on)
@@ -191,4 +204,7 @@ class LocalBackplane:
         pass
 
     def typing(self, room: str, conn_id: int, name: str) -> None:
+        pass
+
+    def announce(self, message: str, time: str) -> None:
         pass

@@ -52,6 +52,10 @@ class Config:
             join and leave events, presence changes gathered instead.
         presence_interval: Seconds between two presence events of a large room.
         motd: Message of the day, in the chat welcome.
+        redis: A Redis (or Valkey) URL: instances on the same Redis share
+            rooms, presence and history; "" is one process with SQLite.
+        instance_ttl: Seconds after which an instance (with `redis`) that
+            stopped sending heartbeats is taken for dead: its members leave.
         shutdown_timeout: Seconds to wait at shutdown for clients to finish
             their closing handshakes.
         admin_token: The HTTP API's bearer token.
@@ -80,6 +84,8 @@ class Config:
     large_room: int = 500
     presence_interval: float = 1.0
     motd: str = ""
+    redis: str = ""
+    instance_ttl: float = 15.0
     shutdown_timeout: float = 5.0
     admin_token: str = ""
     admin_token_generated: bool = False
@@ -104,6 +110,8 @@ class Config:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.instance_ttl < 1:
+            raise ValueError("instance-ttl must be at least 1 second")
         if self.presence_interval < 0.01:
             raise ValueError("presence-interval must be at least 0.01 seconds")
         if self.history < 0:

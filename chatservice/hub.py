@@ -242,6 +242,7 @@ class Hub:
         self.backplane = backplane
         backplane.listener = self._deliver
         backplane.presence = self._presence
+        backplane.notices = self._notify
         self.stats = stats if stats is not None else Counters()
         self.clock = clock
         self.seconds = clock.seconds
@@ -357,8 +358,18 @@ class Hub:
             session.member.send_event(("chat-info", {"message": TEXT_HELP}))
 
     def notice(self, message: str) -> int:
-        """A server-wide announcement to every connection; returns how many got it."""
-        event: Event = ("chat-notice", {"message": message, "time": iso_time(self.seconds())})
+        """A server-wide announcement to every connection, on every instance.
+
+        Returns:
+            How many connections of this instance got it (the others' deliver
+            it to theirs).
+        """
+        time = iso_time(self.seconds())
+        self.backplane.announce(message, time)
+        return self._notify(message, time)
+
+    def _notify(self, message: str, time: str) -> int:
+        event: Event = ("chat-notice", {"message": message, "time": time})
         groups: dict[Dialect, list[Member]] = {}
         for member in self.sessions:
             groups.setdefault(member.dialect, []).append(member)

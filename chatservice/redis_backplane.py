@@ -11,6 +11,7 @@ Keys (``chatservice:`` is the default prefix)::
     chatservice:room:<room>          pub/sub channel: the room's messages and presence
     chatservice:room:<room>:members  hash: "<instance>:<connection>" -> name
     chatservice:names                hash: name.casefold() -> "<instance>:<connection>"
+    chatservice:notices              pub/sub channel: announcements (/broadcast)
     chatservice:instances            set of the instances' ids
     chatservice:instance:<id>        "alive", expiring `ttl` after its last heartbeat
     chatservice:instance:<id>:rooms  set: rooms it has had members in
@@ -62,6 +63,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chatservice import logs
 from chatservice.backplane import Listener, Presence, PresenceListener, Unavailable, Watched
@@ -336,6 +338,26 @@ class _Watch:
         self.callers: list[Deferred[Watched]] = []
 
 
+@implementer(IStreamClientEndpoint)
+class _Reporting:
+    """An endpoint that tells the backplane why a connection attempt failed."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, backplane: RedisBackplane) -> None:
+        self._endpoint = endpoint
+        self._backplane = backplane
+
+    def __repr__(self) -> str:
+        return f"<Redis at {self._backplane.address}>"
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self._endpoint.connect(factory)
+        return d.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> Failure:
+        self._backplane._unreachable(failure.getErrorMessage())
+        return failure
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     on_message: Callable[[str, bytes], None] | None = None
 
@@ -344,10 +366,15 @@ class _Subscriber(txredisapi.SubscriberProtocol):
             self.on_message(channel, message)
 
 
+#: Seconds between attempts to reach Redis, at most (from 1 s, growing).
+MAX_RETRY_DELAY = 5.0
+
+
 class _Subscriptions(txredisapi.SubscriberFactory):
     """The subscriber connection's factory: tells the backplane when it is up or down."""
 
     protocol = _Subscriber
+    maxDelay = MAX_RETRY_DELAY
 
     def __init__(self, backplane: RedisBackplane) -> None:
         super().__init__(isLazy=True)
@@ -365,6 +392,8 @@ class _Subscriptions(txredisapi.SubscriberFactory):
 
 class _Commands(txredisapi.RedisFactory):
     """The command connection's factory: tells the backplane when it is up or down."""
+
+    maxDelay = MAX_RETRY_DELAY
 
     def __init__(self, backplane: RedisBackplane, address: RedisAddress) -> None:
         super().__init__(
@@ -420,6 +449,8 @@ class RedisBackplane:
         self.guest_prefix = self.instance[:4] + "-"
         self.listener: Listener | None = None
         self.presence: PresenceListener | None = None
+        self.notices: Callable[[str, str], object] | None = None
+        self._notices_channel = f"{prefix}notices"
         #: What this instance has in Redis, to put back after an outage.
         self._claims: dict[str, str] = {}
         self._memberships: dict[str, dict[str, str]] = {}
@@ -439,14 +470,17 @@ class RedisBackplane:
             factory.dbid = address.db
         self._subscriber: Any = None
         self._commands_ready = False
-        self._problem: str | None = "connecting"
+        self._problem: str | None = f"connecting to Redis at {address}"
+        self._connecting = True
+        #: Why the last connection attempt failed, if it did.
+        self._why = ""
 
     # -- connecting --------------------------------------------------------
 
     def start(self) -> None:
         """Connect (and keep reconnecting) both connections; heartbeats."""
-        self._commands.startConnecting(self.address.endpoint(self.reactor))
-        self._subscriptions.startConnecting(self.address.endpoint(self.reactor))
+        for factory in (self._commands, self._subscriptions):
+            factory.startConnecting(_Reporting(self.address.endpoint(self.reactor), self))
         self._heartbeat.start(self.ttl / 3, now=False)
 
     def stop(self) -> Deferred[Any]:
@@ -485,6 +519,7 @@ class RedisBackplane:
         return self._problem
 
     def _commands_up(self) -> None:
+        self._why = ""
         self._commands_ready = True
         self._update_status()
         self._beat()
@@ -505,6 +540,7 @@ class RedisBackplane:
         self._subscriber = conn
         conn.on_message = self._published
         self._update_status()
+        conn.subscribe(self._notices_channel).addErrback(self._subscribe_failed)
         for room, watch in list(self._watches.items()):
             if watch.last is None:
                 continue  # its watch() failed with the last connection
@@ -520,13 +556,23 @@ class RedisBackplane:
             watch.waiting = None  # the next connection backfills from `last`
         self._update_status()
 
+    def _unreachable(self, why: str) -> None:
+        """A connection attempt failed (they go on, with backoff)."""
+        self._why = why
+        self._connecting = False
+        self._update_status()
+
     def _update_status(self) -> None:
         if self._commands_ready and self._subscriber is not None:
             problem = None
-        elif self._problem == "connecting":
+        elif self._connecting:
             return  # the first connections are not both up yet
         else:
             problem = f"cannot reach Redis at {self.address}"
+            if self._why:
+                problem += f": {self._why}"
+        if problem is None:
+            self._connecting = False
         if problem != self._problem:
             self._problem = problem
             if problem is None:
@@ -700,6 +746,13 @@ class RedisBackplane:
         event = _event({"event": "typing", "room": room, "member": member, "name": name})
         self._quietly(self._command("publish", self._channel(room), event), "typing")
 
+    def announce(self, message: str, time: str) -> None:
+        if not self._commands_ready:
+            _log.warn("redis unavailable: the announcement reached this instance only")
+            return
+        notice = _event({"instance": self.instance, "message": message, "time": time})
+        self._quietly(self._command("publish", self._notices_channel, notice), "announce")
+
     def _restore(self) -> None:
         """Put back this instance's names and members (after an outage, or being reaped)."""
         for folded, member in list(self._claims.items()):
@@ -827,6 +880,11 @@ class RedisBackplane:
     def _published(self, channel: Any, payload: Any) -> None:
         if isinstance(channel, bytes):
             channel = channel.decode()
+        if channel == self._notices_channel:
+            notice = json.loads(payload)
+            if notice.get("instance") != self.instance and self.notices is not None:
+                self.notices(notice["message"], notice["time"])
+            return
         room = self._by_channel.get(channel)
         if room is None:
             return  # unwatched meanwhile

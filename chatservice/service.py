@@ -31,6 +31,7 @@ from chatservice.history import History, ThreadExecutor, immediate_executor
 from chatservice.hub import ChatLimits, Hub
 from chatservice.policy import OriginPolicy
 from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME
+from chatservice.redis_backplane import RedisBackplane, parse_redis_url
 from chatservice.systemd import Notifier
 from chatservice.web import ChatSite, make_site
 
@@ -157,7 +158,18 @@ class ChatService(MultiService):
         self.notifier = Notifier()
         self._watchdog: LoopingCall | None = None
         self.history = History(config.database, config.history, self._run_history)
-        self.hub = make_hub(config, LocalBackplane(self.history), reactor)
+        self.redis: RedisBackplane | None = None
+        self._redis_started = False
+        backplane: Backplane
+        if config.redis:
+            # Several instances: Redis keeps the history, SQLite is not used.
+            self._history_open = True
+            backplane = self.redis = RedisBackplane(
+                parse_redis_url(config.redis), config.history, reactor, ttl=config.instance_ttl
+            )
+        else:
+            backplane = LocalBackplane(self.history)
+        self.hub = make_hub(config, backplane, reactor)
         self.site: ChatSite = make_site(config, self.hub, reactor)
         self.listening: list[IListeningPort] = []
         for description in config.ports:
@@ -181,7 +193,12 @@ class ChatService(MultiService):
                 token=self.config.admin_token,
             )
         self._open_history()
-        if self._executor is None:
+        if self.redis is not None:
+            if not self.running and not self._redis_started:
+                self._redis_started = True
+                _log.info("redis {address}: connecting", address=str(self.redis.address))
+                self.redis.start()
+        elif self._executor is None:
             # From now on SQLite runs in its own thread, never in the reactor's.
             # (Started only now: a thread would keep a process that failed to
             # listen from exiting.)
@@ -218,6 +235,9 @@ class ChatService(MultiService):
         if self._executor is not None:
             d.addBoth(lambda _: self.history.close())
             d.addBoth(lambda _: self._stop_executor())
+        if self.redis is not None:
+            redis = self.redis
+            d.addBoth(lambda _: redis.stop())
         return d
 
     def _close_connections(self) -> Deferred[Any]:

@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from chatservice.config import BUNDLED_STATIC, LOG_LEVELS, Config
 from chatservice.policy import parse_origin_pattern
+from chatservice.redis_backplane import parse_redis_url
 from chatservice.service import ChatService, StartupError
 
 DEFAULT_PORT = "8080"
@@ -117,6 +118,19 @@ def switch(option: str, value: str) -> bool:
         raise usage.UsageError(f"--{option} {value!r}: must be on or off") from None
 
 
+def redis_url(value: str) -> str:
+    """Check a ``--redis`` URL.
+
+    Raises:
+        usage.UsageError: It is malformed.
+    """
+    try:
+        parse_redis_url(value.strip())
+    except ValueError as e:
+        raise usage.UsageError(f"--redis: {e}") from None
+    return value.strip()
+
+
 def origin_pattern(value: str) -> str:
     """Check an ``--allowed-origin`` pattern.
 
@@ -148,6 +162,9 @@ _NUMBERS: list[tuple[str, str, type[int] | type[float], float, str]] = [
      "changes, not one event each."),
     ("presence-interval", "presence_interval", float, 0.01,
      "Seconds between two presence events (chat-presence) of a large room, at least."),
+    ("instance-ttl", "instance_ttl", float, 1,
+     "With --redis: seconds after which an instance that stopped sending heartbeats "
+     "(killed, lost) is taken for dead and its members leave."),
     ("shutdown-timeout", "shutdown_timeout", float, 0,
      "Seconds to wait at shutdown (SIGTERM, SIGINT) for clients to finish closing."),
 ]  # fmt: skip
@@ -182,6 +199,14 @@ class Options(usage.Options):
             "SQLite file holding the chat history; ':memory:' keeps nothing.",
         ],
         ["motd", None, "", "Message of the day, sent to every chat client on connect."],
+        [
+            "redis",
+            None,
+            None,
+            "Share rooms, presence and history with every instance on this Redis or "
+            "Valkey: redis://[:password@]host[:port][/db], rediss:// (TLS), "
+            "unix:///path. Without it: one process, history in SQLite.",
+        ],
         [
             "chat-compression",
             None,
@@ -308,6 +333,7 @@ class Options(usage.Options):
             allowed_origins=tuple(self["allowed-origin"]),
             database=database_path(self["database"]),
             motd=self["motd"],
+            redis=redis_url(self["redis"]) if self["redis"] else "",
             chat_compression=switch("chat-compression", self["chat-compression"]),
             **numbers,
         )

@@ -149,6 +149,7 @@ def make_site(
     health = Health(
         lambda: len(echo.open_connections) + len(chat.open_connections),
         lambda: seconds() - started,
+        lambda: hub.backplane.problem,
     )
     root.putChild(b"healthz", health)
     metrics = Metrics((("echo", echo), ("chat", chat)), metrics_registry)

@@ -24,13 +24,13 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; `kill` and `start` again on the same port and data."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/test installs it)")
         self.binary = binary
         self.directory = directory
-        self.port = free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
