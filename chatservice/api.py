@@ -23,6 +23,7 @@ from chatservice.backplane import Backplane, Unavailable
 from chatservice.history import StoredMessage
 from chatservice.hub import JOIN_HISTORY, Hub
 from chatservice.messages import ProtocolError, check_room, clean_username
+from chatservice.presence import Roster
 
 _log = Logger(observer=logs.filtered)
 
@@ -71,6 +72,19 @@ def _int_arg(request: Request, name: str, default: int, maximum: int) -> int:
     if not 0 <= number <= maximum:
         raise ApiError(400, f"{name} must be between 0 and {maximum}")
     return number
+
+
+def _users_page(room: str, names: list[str], after: str | None, limit: int) -> dict[str, Any]:
+    roster = Roster()
+    for name in names:
+        roster.add(name)
+    page, cursor = roster.page(after, limit)
+    payload: dict[str, Any] = {"room": room, "users": page, "count": len(roster)}
+    if cursor is not None:
+        payload["next"] = cursor
+    if after is not None:
+        payload["after"] = after
+    return payload
 
 
 class Api(Resource):
@@ -182,10 +196,14 @@ class Api(Resource):
         if what == ["users"]:
             self._method(request, b"GET")
             limit = _int_arg(request, "limit", USERS_LIMIT, MAX_USERS_LIMIT)
+            after = _arg(request, "after") or None
             live = self.hub.rooms.get(room)
-            if live is None:
-                return {"room": room, "users": [], "count": 0}
-            return live.users(_arg(request, "after") or None, limit)
+            if live is not None:
+                return live.users(after, limit)
+            # Nobody here: members of other instances, if any.
+            return self.backplane.members(room).addCallback(
+                lambda names: (200, _users_page(room, names, after, limit))
+            )
         raise ApiError(404, "no such API route")
 
     @staticmethod
@@ -199,7 +217,7 @@ class Api(Resource):
         return [
             {
                 "room": name,
-                "members": len(self.hub.rooms[name].sessions) if name in self.hub.rooms else 0,
+                "members": self.hub.rooms[name].count() if name in self.hub.rooms else 0,
             }
             for name in sorted(names)
         ]

@@ -133,6 +133,9 @@ class Backplane(Protocol):
     def typing(self, room: str, conn_id: int, name: str) -> None:
         """Tell the other instances a member here is typing in `room`."""
 
+    def members(self, room: str) -> Deferred[list[str]]:
+        """The names of `room`'s members on other instances."""
+
     #: What announcements of other instances (`announce`) are handed to.
     notices: Callable[[str, str], object] | None
 
@@ -208,3 +211,6 @@ class LocalBackplane:
 
     def announce(self, message: str, time: str) -> None:
         pass
+
+    def members(self, room: str) -> Deferred[list[str]]:
+        return defer.succeed([])

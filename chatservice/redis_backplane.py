@@ -472,6 +472,7 @@ class RedisBackplane:
         self._commands_ready = False
         self._problem: str | None = f"connecting to Redis at {address}"
         self._connecting = True
+        self._stopping = False
         #: Why the last connection attempt failed, if it did.
         self._why = ""
 
@@ -487,9 +488,12 @@ class RedisBackplane:
         """Leave (members and names go at once, not after `ttl`), then close both connections."""
         if self._heartbeat.running:
             self._heartbeat.stop()
+        self._stopping = True
         gone: Deferred[Any] = defer.succeed(None)
         if self._commands_ready:
-            # Our members' leaves were published as they closed; the rest:
+            # Our members' leaves were published as they closed; the rest goes
+            # as if this instance had died (the script reaps only the dead).
+            self._command("delete", self._instance_key(self.instance)).addErrback(lambda _: None)
             gone = self._command(
                 "eval",
                 _REAP,
@@ -503,7 +507,6 @@ class RedisBackplane:
                 [self.instance, self.prefix],
             )
             gone.addErrback(lambda _: None)
-            self._command("delete", self._instance_key(self.instance)).addErrback(lambda _: None)
 
         def close(_: Any) -> Deferred[Any]:
             return defer.gatherResults(
@@ -563,6 +566,8 @@ class RedisBackplane:
         self._update_status()
 
     def _update_status(self) -> None:
+        if self._stopping:
+            return
         if self._commands_ready and self._subscriber is not None:
             problem = None
         elif self._connecting:
@@ -745,6 +750,10 @@ class RedisBackplane:
         member = self._member(conn_id)
         event = _event({"event": "typing", "room": room, "member": member, "name": name})
         self._quietly(self._command("publish", self._channel(room), event), "typing")
+
+    def members(self, room: str) -> Deferred[list[str]]:
+        d = self._command("hvals", self._key(room, "members"))
+        return d.addCallback(lambda names: [_text(n) for n in names])
 
     def announce(self, message: str, time: str) -> None:
         if not self._commands_ready:

@@ -115,6 +115,10 @@ def test_clients_on_two_instances_chat_in_one_room(instances: Callable[..., Inst
         assert until(bob, "chat-notice")["message"] == "maintenance at noon"
         status, users = one.api("GET", "/api/rooms/r/users")
         assert users["users"] == ["alice", "robert"]
+        send(bob, "chat-join", room="only-on-two")
+        until(bob, "chat-users")
+        status, users = one.api("GET", "/api/rooms/only-on-two/users")
+        assert (status, users) == (200, {"room": "only-on-two", "users": ["robert"], "count": 1})
         assert one.health()[0] == two.health()[0] == 200
 
         # An instance that dies: its members leave, for the others, within the ttl.

@@ -15,6 +15,7 @@ const ERROR_TITLES = {
   "rate-limited": "You are sending too fast",
   "not-joined": "You are not in that room",
   "server-error": "The server could not keep up",
+  unavailable: "The chat cannot reach its storage; try again in a moment",
 };
 
 let current = null; // the room shown
