@@ -26,6 +26,13 @@ server CPU over the uncompressed run's (target: >= 0.8), and the bytes on the
 wire per delivery of each.  (The reference is left out there: Autobahn's
 prepared messages fall back to compressing once per member.)
 
+What scaling out costs: ``--redis`` measures chatservice alone, one embedded
+instance against the same room's members split over two instances on one
+redis-server (started here, on the servers' CPU), in alternating rounds, and
+reports ``redis_ratio_per_server_cpu``: deliveries per second of the two
+instances' CPU over the embedded instance's (target: >= 0.7), besides Redis's
+own CPU share and the deliveries per second of all three processes' CPU.
+
 Memory: 10,000 idle connections joined to rooms of 100 members each, to each
 server in turn; the server's resident memory before connecting and once all
 have joined and things have settled gives KiB per connection (target for
@@ -43,7 +50,7 @@ progress to stderr.
         [--subscribers 1000] [--senders 256] [--sender-rate 8] [--rounds 2]
         [--memory-connections 10000] [--phase all|throughput|memory]
         [--only ours|reference] [--deflate SHARE] [--message-size N]
-        [--compare-deflate]
+        [--compare-deflate] [--redis]
 
 Exit status 0 whether or not the targets are met (a benchmark is never pass or
 fail); 1 if the benchmark could not run, or ran but the load generator saw
@@ -55,6 +62,8 @@ it exits.
 from __future__ import annotations
 
 import argparse
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,6 +88,7 @@ from _common import (
     ratio_of,
     run_loadgen,
     running_server,
+    stop,
 )
 
 LOADGEN = BENCH_DIR / "broadcast_loadgen.mjs"
@@ -89,6 +99,9 @@ TARGET = 1.0
 #: With every member compressing, deliveries per server-CPU-second must be at
 #: least this fraction of the uncompressed run's.
 DEFLATE_TARGET = 0.8
+#: With --redis, two instances' deliveries per server-CPU-second must be at
+#: least this fraction of one embedded instance's.
+REDIS_TARGET = 0.7
 #: chatservice's memory per idle joined connection must be at most this, in KiB.
 TARGET_KIB = 10.0
 #: Members per room in the memory phase.
@@ -128,6 +141,7 @@ class Params:
     deflate: float
     message_size: int
     compare_deflate: bool
+    redis: bool = False
 
     @property
     def throughput(self) -> bool:
@@ -136,8 +150,8 @@ class Params:
 
     @property
     def memory(self) -> bool:
-        """Whether the memory phase runs."""
-        return self.phase in ("all", "memory")
+        """Whether the memory phase runs (not with --redis)."""
+        return self.phase in ("all", "memory") and not self.redis
 
 
 def log(message: str) -> None:
@@ -210,7 +224,14 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         action="store_true",
         help="chatservice uncompressed against every member compressing (no reference)",
     )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="chatservice embedded against two instances on one Redis (throughput only)",
+    )
     args = parser.parse_args(argv)
+    if args.redis and (args.only or args.compare_deflate or args.phase == "memory"):
+        parser.error("--redis compares chatservice embedded and on Redis: no --only, --compare-*")
     if not 0 <= args.deflate <= 1 or args.message_size < 0:
         parser.error("--deflate must be from 0 to 1 and --message-size >= 0")
     if args.compare_deflate and (args.only or args.deflate):
@@ -236,7 +257,14 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         deflate=args.deflate,
         message_size=args.message_size,
         compare_deflate=args.compare_deflate,
+        redis=args.redis,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def server_command(name: str) -> list[str]:
@@ -248,9 +276,12 @@ def server_command(name: str) -> list[str]:
     return [sys.executable, str(REFERENCE)]
 
 
-def loadgen_command(node: str, port: int, pinning: Pinning, *options: str) -> list[str]:
-    """The load generator's command line against the server on `port`."""
-    url = f"ws://127.0.0.1:{port}/chat"
+def loadgen_command(
+    node: str, port: int | Sequence[int], pinning: Pinning, *options: str
+) -> list[str]:
+    """The load generator's command line against the server on `port` (or instances on ports)."""
+    ports = [port] if isinstance(port, int) else list(port)
+    url = ",".join(f"ws://127.0.0.1:{p}/chat" for p in ports)
     return [
         *pinning.loadgen,
         node,
@@ -269,6 +300,87 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS in /proc/{pid}/status")
 
 
+class CpuWindows:
+    """A `LineWatcher`: the CPU shares of groups of processes, like `ServerCpuWindow`."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self._windows = {
+            label: [ServerCpuWindow(pid) for pid in pids] for label, pids in groups.items()
+        }
+
+    def __call__(self, line: str, process: subprocess.Popen[str]) -> bool:
+        taken = [w(line, process) for ws in self._windows.values() for w in ws]
+        return any(taken)
+
+    def share(self, label: str) -> float | None:
+        shares = [w.share for w in self._windows[label]]
+        return None if None in shares else round(sum(s for s in shares if s is not None), 3)
+
+
+def measure_on_redis(node: str, params: Params, pinning: Pinning, deflate: float) -> dict[str, Any]:
+    """One throughput run with the room's members split over two instances on one Redis."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise BenchError("--redis needs redis-server (apt-get install redis-server)")
+    with tempfile.TemporaryDirectory(prefix="broadcast-bench-redis-") as tmp:
+        redis_port = free_port()
+        redis = subprocess.Popen(
+            [
+                *(*pinning.server, server, "--port", str(redis_port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)
+            url = f"redis://127.0.0.1:{redis_port}"
+            command = chatservice_command("--database", ":memory:", "--redis", url)
+            with (
+                running_server("instance-1", command, pinning, Path(tmp)) as (pid1, port1),
+                running_server("instance-2", command, pinning, Path(tmp)) as (pid2, port2),
+            ):
+                time.sleep(1.0)  # both connected to Redis
+                windows = CpuWindows({"servers": [pid1, pid2], "redis": [redis.pid]})
+                result = run_loadgen(
+                    throughput_command(node, (port1, port2), params, pinning, deflate),
+                    params.warmup + params.duration + LOADGEN_SLACK,
+                    windows,
+                )
+        finally:
+            stop(redis)
+    share, redis_share = windows.share("servers"), windows.share("redis")
+    if share is None or redis_share is None:
+        raise BenchError("the load generator never announced its measured window")
+    result["loadgen_cpu_share"] = result.pop("cpu_share")
+    result["server_cpu_share"] = share
+    result["redis_cpu_share"] = redis_share
+    result["deliveries_per_server_cpu_s"] = (
+        round(result["deliveries_per_s"] / share, 1) if share else None
+    )
+    result["deliveries_per_cpu_s_with_redis"] = round(
+        result["deliveries_per_s"] / (share + redis_share), 1
+    )
+    return result
+
+
+def throughput_command(
+    node: str, ports: int | Sequence[int], params: Params, pinning: Pinning, deflate: float
+) -> list[str]:
+    return loadgen_command(
+        node,
+        ports,
+        pinning,
+        "--mode=throughput",
+        f"--subscribers={params.subscribers}",
+        f"--senders={params.senders}",
+        f"--rate={params.sender_rate}",
+        f"--warmup={params.warmup}",
+        f"--duration={params.duration}",
+        f"--deflate={deflate}",
+        f"--message-size={params.message_size}",
+    )
+
+
 def measure_throughput(
     name: str, node: str, params: Params, pinning: Pinning, deflate: float
 ) -> dict[str, Any]:
@@ -282,19 +394,7 @@ def measure_throughput(
         tempfile.TemporaryDirectory(prefix=f"broadcast-bench-{name}-") as tmp,
         running_server(name, server_command(name), pinning, Path(tmp)) as (pid, port),
     ):
-        command = loadgen_command(
-            node,
-            port,
-            pinning,
-            "--mode=throughput",
-            f"--subscribers={params.subscribers}",
-            f"--senders={params.senders}",
-            f"--rate={params.sender_rate}",
-            f"--warmup={params.warmup}",
-            f"--duration={params.duration}",
-            f"--deflate={deflate}",
-            f"--message-size={params.message_size}",
-        )
+        command = throughput_command(node, port, params, pinning, deflate)
         window = ServerCpuWindow(pid)
         result = run_loadgen(command, params.warmup + params.duration + LOADGEN_SLACK, window)
     if window.share is None:
@@ -398,6 +498,11 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
     contenders: list[tuple[str, str, float]]
     if params.compare_deflate:
         contenders = [("uncompressed", "chatservice", 0.0), ("deflate", "chatservice", 1.0)]
+    elif params.redis:
+        contenders = [
+            ("embedded", "chatservice", params.deflate),
+            ("redis", "redis", params.deflate),
+        ]
     else:
         names = [SERVERS[params.only]] if params.only else ["reference", "chatservice"]
         contenders = [(name, name, params.deflate) for name in names]
@@ -420,6 +525,7 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
             "deflate_share": params.deflate,
             "message_size": params.message_size,
             "compare_deflate": params.compare_deflate,
+            "redis": params.redis,
             "pinning": pinning.description,
             "versions": environment(node),
         },
@@ -435,7 +541,10 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
                     f"round {round_number}/{params.rounds}: {label}, {members} members "
                     f"({params.warmup:g} s warmup + {params.duration:g} s)"
                 )
-                result = measure_throughput(server, node, params, pinning, deflate)
+                if server == "redis":
+                    result = measure_on_redis(node, params, pinning, deflate)
+                else:
+                    result = measure_throughput(server, node, params, pinning, deflate)
                 log(
                     f"  {result['deliveries_per_s']:.0f} deliveries/s "
                     f"({result['room_messages_per_s']:.1f} room messages/s), "
@@ -461,6 +570,18 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
                 meets_deflate_target=ratio is not None and ratio >= DEFLATE_TARGET,
                 wire_bytes_ratio=ratio_of(
                     document, "wire_bytes_per_delivery", "deflate", "uncompressed"
+                ),
+            )
+        elif params.redis:
+            ratio = ratio_of(document, "deliveries_per_server_cpu_s", "redis", "embedded")
+            document.update(
+                redis_ratio_per_server_cpu=ratio,
+                redis_target=REDIS_TARGET,
+                meets_redis_target=ratio is not None and ratio >= REDIS_TARGET,
+                redis_ratio_per_cpu_with_redis=round(
+                    document["redis"]["deliveries_per_cpu_s_with_redis"]
+                    / document["embedded"]["deliveries_per_server_cpu_s"],
+                    3,
                 ),
             )
         elif len(labels) == 2:

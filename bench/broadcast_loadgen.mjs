@@ -8,7 +8,9 @@
 // source addresses 127.0.X.Y, at most --per-address on each (chatservice limits
 // connections per client address), and opened a few at a time (the server's
 // listen backlog is small).  A member counts as joined when the server's
-// chat-join event for its own name comes back to it.
+// chat-users for its room, or its chat-join event for its own name, comes back
+// to it (chatservice sends no single joins in rooms over --large-room members;
+// the reference sends no chat-users).
 //
 // --deflate=SHARE (0 to 1, default 0): that share of the members, spread evenly
 // over subscribers and senders, offer permessage-deflate as Chromium does and
@@ -234,7 +236,17 @@ class Member {
     this.lastId = 0; // id of the last chat-message received
     this.onJoined = null; // while joining: resolves join()
     this.onJoinFailed = null; // while joining: rejects join()
-    this.client = new Client(opts.url, SUBPROTOCOL, sourceAddress(index), this, offersDeflate(index));
+    // Several URLs (comma-separated): instances of one service; members take turns.
+    const urls = opts.url.split(",");
+    const url = urls[index % urls.length];
+    this.client = new Client(url, SUBPROTOCOL, sourceAddress(index), this, offersDeflate(index));
+  }
+
+  joined() {
+    if (!this.onJoined) return;
+    const joined = this.onJoined;
+    this.onJoined = this.onJoinFailed = null;
+    joined();
   }
 
   /** Resolves once joined; rejects if the connection fails or the join is refused first. */
@@ -289,11 +301,10 @@ class Member {
         if (this.sender && payload.username === this.username) this.sender.onOwnMessage(payload.message);
         break;
       case "chat-join":
-        if (this.onJoined && payload.username === this.username && payload.room === this.room) {
-          const joined = this.onJoined;
-          this.onJoined = this.onJoinFailed = null;
-          joined();
-        }
+        if (payload.username === this.username && payload.room === this.room) this.joined();
+        break;
+      case "chat-users":
+        if (payload.room === this.room) this.joined();
         break;
       case "chat-error":
         if (this.onJoinFailed) this.onJoinFailed(`join refused: chat-error ${payload.code}`);

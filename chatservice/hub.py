@@ -98,6 +98,11 @@ def _debugging() -> bool:
     return logs.enabled(LogLevel.debug)
 
 
+def unavailable(type: str) -> ProtocolError:
+    """The error for a command the backplane could not carry out (Redis is away)."""
+    return ProtocolError("unavailable", "the chat cannot reach its storage; try again soon", type)
+
+
 def iso_time(seconds: float) -> str:
     """ISO 8601 UTC with milliseconds: ``2026-11-22T04:02:02.123Z``."""
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
@@ -415,9 +420,7 @@ class Hub:
             if self._names.get(key) is session and session.name != username:
                 del self._names[key]
             if failure.check(Unavailable):
-                raise ProtocolError(
-                    "unavailable", "the chat cannot reach its storage; try again soon", type
-                )
+                raise unavailable(type)
             failure.raiseException()
 
         return self.backplane.claim(username, member.conn_id).addCallbacks(answered, refused)
@@ -553,9 +556,7 @@ class Hub:
         if not already and room.joining.pop(session, None) is None:
             return  # left, or closed, meanwhile
         if failure.check(Unavailable):
-            error = ProtocolError(
-                "unavailable", "the chat cannot reach its storage; try again soon", "chat-join"
-            )
+            error = unavailable("chat-join")
         else:
             _log.failure(
                 "conn={conn_id} join of {room} failed",
@@ -673,9 +674,7 @@ class Hub:
 
     def _not_stored(self, failure: Failure, session: Session) -> None:
         if failure.check(Unavailable):
-            error = ProtocolError(
-                "unavailable", "the chat cannot reach its storage; try again soon", "chat-message"
-            )
+            error = unavailable("chat-message")
         else:
             _log.failure(
                 "conn={conn_id} message could not be stored",

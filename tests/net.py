@@ -6,11 +6,24 @@ import http.client
 import re
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from memory import upgrade_request
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from chatservice.service import ChatService
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Let the reactor run until `condition()` holds; fail after `timeout` seconds."""
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError("timed out")
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01
 
 
 def port_of(service: ChatService, index: int = 0) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from net import wait_until
 from redis_server import RedisServer
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
@@ -25,15 +26,6 @@ from chatservice.redis_backplane import RedisBackplane, parse_redis_url
 Make = Callable[..., Any]
 
 T0 = "2026-12-02T10:00:00.000Z"
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    waited = 0.0
-    while not condition():
-        if waited > timeout:
-            raise AssertionError("timed out")
-        await deferLater(reactor, 0.02, lambda: None)
-        waited += 0.02
 
 
 @pytest.fixture(params=["local", "redis"])

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from members import Client, Prepare
+from net import wait_until
 from redis_server import RedisServer
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
@@ -22,15 +23,6 @@ from chatservice.messages import Join, Leave, Nick, Say, Typing
 from chatservice.redis_backplane import RedisBackplane, parse_redis_url
 
 Instance = Callable[[], Any]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    waited = 0.0
-    while not condition():
-        if waited > timeout:
-            raise AssertionError("timed out")
-        await deferLater(reactor, 0.01, lambda: None)
-        waited += 0.01
 
 
 @pytest.fixture
