@@ -702,7 +702,9 @@ class Hub:
         if old == username:
             return
         claimed = self._claim(session, username, "chat-nick")
-        if old is not None:
+        if old is None:
+            self._then(claimed, session, lambda: None)  # named before any join
+        else:
             self._then(claimed, session, lambda: self._renamed(session, old, username))
 
     def _renamed(self, session: Session, old: str, username: str) -> None:

@@ -192,6 +192,12 @@ async def test_names_are_unique_over_all_instances(instance: Instance) -> None:
     two.handle(session_of(two, bob), Nick("Alice"))
     await wait_until(lambda: bool(bob.got("chat-error")))
     assert [e["code"] for e in bob.got("chat-error")] == ["username-taken"]
+    # Also for a name chosen before any join.
+    unjoined = Client(next(_ids))
+    unjoined_session = two.connect(unjoined)
+    two.handle(unjoined_session, Nick("alice"))
+    await wait_until(lambda: bool(unjoined.got("chat-error")))
+    assert [e["code"] for e in unjoined.got("chat-error")] == ["username-taken"]
     # Free again once its holder closed, wherever that was.
     one.disconnect(next(c for c in one.sessions))
     await deferLater(reactor, 0.1, lambda: None)
