@@ -8,10 +8,11 @@ Keys (``chatservice:`` is the default prefix)::
     chatservice:rooms                set of the rooms with kept messages
     chatservice:room:<room>:log      stream: the kept messages, entry id "<id>-0"
     chatservice:room:<room>:marks    hash: newest (last id given), pruned (last dropped)
-    chatservice:room:<room>          pub/sub channel: the room's messages and presence
+    chatservice:<db>:room:<room>     pub/sub channel: the room's messages and presence
     chatservice:room:<room>:members  hash: "<instance>:<connection>" -> name
     chatservice:names                hash: name.casefold() -> "<instance>:<connection>"
-    chatservice:notices              pub/sub channel: announcements (/broadcast)
+    chatservice:<db>:notices         pub/sub channel: announcements (/broadcast)
+                                     (channels are not per database, hence <db>)
     chatservice:instances            set of the instances' ids
     chatservice:instance:<id>        "alive", expiring `ttl` after its last heartbeat
     chatservice:instance:<id>:rooms  set: rooms it has had members in
@@ -181,7 +182,7 @@ return redis.call('SADD', KEYS[1], ARGV[1])
 """
 
 # KEYS: instances, its alive key, its rooms, its names, names.  ARGV: its id,
-# the key prefix.  Takes a dead instance's members out of every room (with a
+# the key prefix, the channel prefix.  Takes a dead instance's members out of every room (with a
 # leave event each) and gives back its names; 1 if this call did it.
 _REAP = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -189,7 +190,7 @@ if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 local mine = ARGV[1] .. ':'
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local members = ARGV[2] .. 'room:' .. room .. ':members'
-  local channel = ARGV[2] .. 'room:' .. room
+  local channel = ARGV[3] .. 'room:' .. room
   local all = redis.call('HGETALL', members)
   for i = 1, #all, 2 do
     if string.sub(all[i], 1, #mine) == mine then
@@ -450,7 +451,9 @@ class RedisBackplane:
         self.listener: Listener | None = None
         self.presence: PresenceListener | None = None
         self.notices: Callable[[str, str], object] | None = None
-        self._notices_channel = f"{prefix}notices"
+        # Pub/sub channels are not per database: theirs say which one.
+        self._channels = f"{prefix}{address.db or 0}:"
+        self._notices_channel = f"{self._channels}notices"
         #: What this instance has in Redis, to put back after an outage.
         self._claims: dict[str, str] = {}
         self._memberships: dict[str, dict[str, str]] = {}
@@ -504,7 +507,7 @@ class RedisBackplane:
                     self._instance_key(self.instance, "names"),
                     f"{self.prefix}names",
                 ],
-                [self.instance, self.prefix],
+                [self.instance, self.prefix, self._channels],
             )
             gone.addErrback(lambda _: None)
 
@@ -601,7 +604,7 @@ class RedisBackplane:
         return f"{self.prefix}room:{room}:{what}"
 
     def _channel(self, room: str) -> str:
-        return f"{self.prefix}room:{room}"
+        return f"{self._channels}room:{room}"
 
     def _command(self, name: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Run a command now, or fail with `Unavailable` at once if Redis is not there."""
@@ -806,7 +809,7 @@ class RedisBackplane:
                     self._instance_key(other, "names"),
                     f"{self.prefix}names",
                 ]
-                d = self._command("eval", _REAP, keys, [other, self.prefix])
+                d = self._command("eval", _REAP, keys, [other, self.prefix, self._channels])
                 d.addCallback(self._reaped, other)
                 self._quietly(d, "reap")
 

@@ -237,3 +237,25 @@ def test_redis_urls() -> None:
     ]:
         with pytest.raises(ValueError, match=reason):
             parse_redis_url(bad)
+
+
+@pytest_twisted.ensureDeferred
+async def test_deployments_in_different_databases_do_not_hear_each_other(
+    redis_server: RedisServer,
+) -> None:
+    one = RedisBackplane(parse_redis_url(redis_server.url + "/1"), 100, reactor)
+    two = RedisBackplane(parse_redis_url(redis_server.url + "/2"), 100, reactor)
+    for backplane in (one, two):
+        backplane.start()
+    try:
+        await wait_until(lambda: one.problem is None and two.problem is None)
+        heard_one, heard_two = listen(one), listen(two)
+        await gatherResults([one.watch("lobby"), two.watch("lobby")])
+        (first,) = await say(one, "lobby", 1)
+        (second,) = await say(two, "lobby", 1, "bob")
+        await wait_until(lambda: len(heard_one) == 1 and len(heard_two) == 1)
+        await deferLater(reactor, 0.2, lambda: None)
+        assert (heard_one, heard_two) == ([first], [second])
+        assert first.id == second.id == 1  # each database numbers its own
+    finally:
+        await gatherResults([one.stop(), two.stop()])
