@@ -458,6 +458,8 @@ class RedisBackplane:
         self._claims: dict[str, str] = {}
         self._memberships: dict[str, dict[str, str]] = {}
         self._connected_before = False
+        #: Whether a heartbeat reached Redis yet.
+        self._beaten = False
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         #: Called with None when Redis is reachable again, or with the reason it is not.
@@ -792,9 +794,10 @@ class RedisBackplane:
         d = self._command("eval", _HEARTBEAT, keys, [self.instance, int(self.ttl * 1000)])
 
         def beaten(new: Any) -> Deferred[Any]:
-            if int(new) and self._connected_before and (self._claims or self._memberships):
+            if int(new) and self._beaten and (self._claims or self._memberships):
                 _log.warn("redis: this instance was taken for dead; putting its members back")
                 self._restore()
+            self._beaten = True
             return self._command("smembers", f"{self.prefix}instances")
 
         def reap(instances: Any) -> None:

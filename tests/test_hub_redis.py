@@ -237,3 +237,22 @@ async def test_presence_missed_while_the_subscription_was_down_is_caught_up(
     await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob", "dave", "carol"])
     assert names(alice, "chat-leave") == ["bob"]
     assert one.rooms["r"].usernames() == ["alice", "carol", "dave"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_taken_for_dead_puts_its_members_back(instance: Instance) -> None:
+    one = await instance(ttl=0.6)
+    two = await instance(ttl=0.6)
+    alice = await join(one, "alice")
+    await join(two, "bob")
+    await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob"])
+    # Two goes quiet (a long pause, say) and is taken for dead...
+    backplane: Any = two.backplane
+    backplane._heartbeat.stop()
+    await wait_until(lambda: names(alice, "chat-leave") == ["bob"], timeout=5)
+    # ...then beats again: bob is back, and still holds his name.
+    backplane._heartbeat.start(0.2)
+    await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob", "bob"], timeout=5)
+    assert one.rooms["r"].usernames() == ["alice", "bob"]
+    other = await join(one, "Bob", room="elsewhere")
+    assert [e["code"] for e in other.got("chat-error")] == ["username-taken"]
