@@ -460,6 +460,8 @@ class RedisBackplane:
         self._connected_before = False
         #: Whether a heartbeat reached Redis yet.
         self._beaten = False
+        #: Whether a PING on the subscriber connection is waiting for its answer.
+        self._pinging = False
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         #: Called with None when Redis is reachable again, or with the reason it is not.
@@ -788,6 +790,7 @@ class RedisBackplane:
 
     def _beat(self) -> None:
         """Say this instance is alive; take out the members of those that are not."""
+        self._ping_subscriber()
         if not self._commands_ready:
             return
         keys = [f"{self.prefix}instances", self._instance_key(self.instance)]
@@ -818,6 +821,35 @@ class RedisBackplane:
 
         d.addCallback(beaten).addCallback(reap)
         self._quietly(d, "heartbeat")
+
+    def _ping_subscriber(self) -> None:
+        """Drop the subscriber connection if Redis does not answer a PING on it in time.
+
+        A subscription is silent when no message comes: a connection that died
+        without a word (a lost NAT entry, a Redis failover behind a virtual
+        address) would look the same, and its rooms would get nothing, for
+        good.  Dropped, it comes back, subscribes again and backfills.
+        """
+        subscriber = self._subscriber
+        if subscriber is None or self._pinging:
+            return
+        self._pinging = True
+
+        def silent() -> None:
+            _log.warn(
+                "redis: no answer on the subscriber connection within {timeout} s; reconnecting",
+                timeout=REPLY_TIMEOUT,
+            )
+            subscriber.transport.abortConnection()
+
+        timer = self.reactor.callLater(REPLY_TIMEOUT, silent)
+
+        def answered(_: Any) -> None:
+            self._pinging = False
+            if timer.active():
+                timer.cancel()
+
+        subscriber.ping().addBoth(answered)
 
     def _reaped(self, done: Any, instance: str) -> None:
         if int(done):

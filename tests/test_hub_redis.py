@@ -17,6 +17,7 @@ from redis_server import RedisServer
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
+from twisted.protocols import portforward
 
 from chatservice.hub import Hub, Session
 from chatservice.messages import Join, Leave, Nick, Say, Typing
@@ -256,3 +257,53 @@ async def test_an_instance_taken_for_dead_puts_its_members_back(instance: Instan
     assert one.rooms["r"].usernames() == ["alice", "bob"]
     other = await join(one, "Bob", room="elsewhere")
     assert [e["code"] for e in other.got("chat-error")] == ["username-taken"]
+
+
+class FreezingProxy(portforward.ProxyFactory):
+    """A TCP relay to Redis that can go silent without closing its connections,
+    as a lost NAT entry or a failed-over virtual address does."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__("127.0.0.1", port)
+        self.relays: list[portforward.ProxyServer] = []
+
+    def buildProtocol(self, addr: Any) -> portforward.ProxyServer:
+        relay = super().buildProtocol(addr)
+        self.relays.append(relay)
+        return relay
+
+    def freeze(self) -> None:
+        """Stop relaying on every connection made so far (new ones still work)."""
+        for relay in self.relays:
+            relay.transport.pauseProducing()
+            if relay.peer is not None:
+                relay.peer.transport.pauseProducing()
+        self.relays = []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscription_that_went_silent_is_noticed_and_nothing_is_missed(
+    redis_server: RedisServer,
+) -> None:
+    proxy = FreezingProxy(redis_server.port)
+    listening = reactor.listenTCP(0, proxy, interface="127.0.0.1")
+    through = f"redis://127.0.0.1:{listening.getHost().port}"
+    one_backplane = RedisBackplane(parse_redis_url(through), 1000, reactor, ttl=1.5)
+    two_backplane = RedisBackplane(parse_redis_url(redis_server.url), 1000, reactor, ttl=1.5)
+    try:
+        for backplane in (one_backplane, two_backplane):
+            backplane.start()
+        await wait_until(lambda: one_backplane.problem is None and two_backplane.problem is None)
+        one = Hub(one_backplane, reactor, Prepare(), server="s")
+        two = Hub(two_backplane, reactor, Prepare(), server="s")
+        alice = await join(one, "alice")
+        bob = await join(two, "bob")
+        proxy.freeze()
+        two.handle(session_of(two, bob), Say("said while one's connections were silent"))
+        await wait_until(lambda: bool(alice.got("chat-message")), timeout=15)
+        assert [m["message"] for m in alice.got("chat-message")] == [
+            "said while one's connections were silent"
+        ]
+    finally:
+        await gatherResults([one_backplane.stop(), two_backplane.stop()])
+        await listening.stopListening()
