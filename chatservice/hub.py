@@ -137,6 +137,8 @@ class Room:
             dialect)``; emptied by the room's next message.
         joining: Joiners waiting for their history (from a backplane a round
             trip away), with the room's messages that came meanwhile.
+        reads: Histories being read, by ``(since, up to)``, with who else waits
+            for the same.
         position: Fires with the backplane's position in the room once it
             watches it (`Backplane.watch`).
         last: The id of the room's last message passed on here.
@@ -152,6 +154,7 @@ class Room:
         "last",
         "name",
         "position",
+        "reads",
         "remote",
         "roster",
         "sessions",
@@ -167,6 +170,7 @@ class Room:
         self.flush: IDelayedCall | None = None
         self.history_frames: dict[tuple[int | None, int, Dialect], tuple[Any, int, int]] = {}
         self.joining: dict[Session, list[StoredMessage]] = {}
+        self.reads: dict[tuple[int | None, int], list[Deferred[Any]]] = {}
         self.position: Deferred[Watched] | None = None
         self.remote: dict[str, str] = {}
         #: Who waits for `position`.
@@ -856,6 +860,19 @@ class Hub:
         cached = room.history_frames.get(key)
         if cached is not None:
             return succeed(cached)
+        return self._find_history(room, since, up_to).addCallback(self._encode_history, room, key)
+
+    def _find_history(
+        self, room: Room, since: int | None, up_to: int
+    ) -> Deferred[tuple[list[StoredMessage], bool]]:
+        """Read a history, once for every joiner that asks the same while it is read."""
+        key = (since, up_to)
+        waiters = room.reads.get(key)
+        if waiters is not None:
+            waiter: Deferred[tuple[list[StoredMessage], bool]] = Deferred()
+            waiters.append(waiter)
+            return waiter
+        waiters = room.reads[key] = []
         found: Deferred[tuple[list[StoredMessage], bool]]
         if since is None:
             found = self.backplane.recent(room.name, JOIN_HISTORY, up_to=up_to).addCallback(
@@ -863,11 +880,25 @@ class Hub:
             )
         else:
             found = self.backplane.since(room.name, since, JOIN_HISTORY)
-        return found.addCallback(self._encode_history, room, key)
+
+        def read(result: Any) -> Any:
+            if room.reads.get(key) is waiters:
+                del room.reads[key]
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            return result
+
+        return found.addBoth(read)
 
     def _encode_history(
         self, found: tuple[list[StoredMessage], bool], room: Room, key: tuple[Any, int, Dialect]
     ) -> Any:
+        cached = room.history_frames.get(key)
+        if cached is not None:  # encoded for another joiner of the same read
+            return cached
         messages, recovered = found
         _, up_to, dialect = key
         cut = max(up_to, messages[-1].id if messages else 0)

@@ -385,3 +385,23 @@ def test_a_joiner_that_leaves_before_its_history_came_was_never_there(
     assert [k for k, _ in alice.seen()][-1] == "chat-message"
     assert [p["username"] for p in alice.got("chat-join")] == ["alice"]
     assert hub.rooms["lobby"].usernames() == ["alice"]
+
+
+def test_joiners_waiting_for_the_same_history_share_one_read(
+    history: History, clock: Clock, prepare: Prepare
+) -> None:
+    backplane = LateReads(history)
+    hub = Hub(backplane, clock, prepare, server="s")
+    _, alice_session = joined(hub, 1, "alice")
+    backplane.answer()
+    hub.handle(alice_session, Say("hello"))
+    joiners = [Client(n) for n in range(2, 12)]
+    for client in joiners:
+        hub.handle(hub.connect(client), Join(room="lobby", username=f"user{client.conn_id}"))
+    assert len(backplane.reads) == 1  # one read for ten joiners
+    frames_before = prepare.calls
+    backplane.answer()
+    assert prepare.calls - frames_before == 1 + 10  # the history once; the ten joins
+    for client in joiners:
+        (got,) = client.got("chat-history")
+        assert [m["message"] for m in got["messages"]] == ["hello"]
