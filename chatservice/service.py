@@ -159,11 +159,9 @@ class ChatService(MultiService):
         self._watchdog: LoopingCall | None = None
         self.history = History(config.database, config.history, self._run_history)
         self.redis: RedisBackplane | None = None
-        self._redis_started = False
         backplane: Backplane
         if config.redis:
             # Several instances: Redis keeps the history, SQLite is not used.
-            self._history_open = True
             backplane = self.redis = RedisBackplane(
                 parse_redis_url(config.redis), config.history, reactor, ttl=config.instance_ttl
             )
@@ -194,8 +192,7 @@ class ChatService(MultiService):
             )
         self._open_history()
         if self.redis is not None:
-            if not self.running and not self._redis_started:
-                self._redis_started = True
+            if not self.running:
                 _log.info("redis {address}: connecting", address=str(self.redis.address))
                 self.redis.start()
         elif self._executor is None:
@@ -324,7 +321,7 @@ class ChatService(MultiService):
 
     def _open_history(self) -> None:
         """Load the history before any port listens: at start-up, blocking is fine."""
-        if self._history_open:
+        if self._history_open or self.redis is not None:
             return
         failures: list[Failure] = []
         self.history.open(executor=immediate_executor).addErrback(failures.append)

@@ -206,13 +206,19 @@ async def test_names_are_unique_over_all_instances(instance: Instance) -> None:
     await wait_until(lambda: bool(bob.got("chat-nick")))
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_members_of_an_instance_that_died_leave(instance: Instance) -> None:
+async def alice_and_bob_on_two_instances(instance: Instance) -> tuple[Hub, Hub, Client]:
+    """Alice on one instance and bob on another (0.6 s ttl), in one room; alice's client."""
     one = await instance(ttl=0.6)
     two = await instance(ttl=0.6)
     alice = await join(one, "alice")
     await join(two, "bob")
     await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob"])
+    return one, two, alice
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_members_of_an_instance_that_died_leave(instance: Instance) -> None:
+    one, two, alice = await alice_and_bob_on_two_instances(instance)
     # Two stops without a word: no heartbeats, no leaves, connections gone.
     backplane: Any = two.backplane
     backplane._heartbeat.stop()
@@ -242,11 +248,7 @@ async def test_presence_missed_while_the_subscription_was_down_is_caught_up(
 
 @pytest_twisted.ensureDeferred
 async def test_an_instance_taken_for_dead_puts_its_members_back(instance: Instance) -> None:
-    one = await instance(ttl=0.6)
-    two = await instance(ttl=0.6)
-    alice = await join(one, "alice")
-    await join(two, "bob")
-    await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob"])
+    one, two, alice = await alice_and_bob_on_two_instances(instance)
     # Two goes quiet (a long pause, say) and is taken for dead...
     backplane: Any = two.backplane
     backplane._heartbeat.stop()
