@@ -289,7 +289,10 @@ def _message_json(room: str, username: str, message: str, time: str) -> str:
 
 
 def _parse(payload: bytes | str) -> StoredMessage:
-    fields = json.loads(payload)
+    return _message(json.loads(payload))
+
+
+def _message(fields: dict[str, Any]) -> StoredMessage:
     return StoredMessage(
         fields["id"], fields["room"], fields["username"], fields["message"], fields["time"]
     )
@@ -937,12 +940,20 @@ class RedisBackplane:
             return  # unwatched meanwhile
         watch = self._watches[room]
         item: StoredMessage | Presence
-        if payload.startswith(b'{"event"'):
-            item = _presence(json.loads(payload))
-            if item.member.startswith(self.instance + ":"):
-                return  # our own: the hub knows
-        else:
-            item = _parse(payload)
+        try:
+            fields = json.loads(payload)
+            # (Presence events name their "event"; a reaper's come from Lua's
+            # cjson, whose keys are in no particular order.)
+            item = _presence(fields) if "event" in fields else _message(fields)
+        except (ValueError, KeyError, TypeError):
+            _log.warn(
+                "redis: ignored what is not an event on {channel}: {payload!r}",
+                channel=channel,
+                payload=payload[:200],
+            )
+            return
+        if isinstance(item, Presence) and item.member.startswith(self.instance + ":"):
+            return  # our own: the hub knows
         if watch.waiting is not None:
             watch.waiting.append(item)
         else:

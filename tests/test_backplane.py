@@ -7,6 +7,7 @@ redis-server) pass the same tests; what only several instances can show
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 
-from chatservice.backplane import Backplane, LocalBackplane, Unavailable
+from chatservice.backplane import Backplane, LocalBackplane, Presence, Unavailable
 from chatservice.history import History, StoredMessage, immediate_executor
 from chatservice.redis_backplane import RedisBackplane, parse_redis_url
 
@@ -259,3 +260,29 @@ async def test_deployments_in_different_databases_do_not_hear_each_other(
         assert first.id == second.id == 1  # each database numbers its own
     finally:
         await gatherResults([one.stop(), two.stop()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_events_in_any_key_order_and_junk_on_a_channel(
+    redis_server: RedisServer,
+) -> None:
+    """A reaper's leave events come from Lua's cjson, keys in no set order; and
+    whatever else is published on a room's channel is ignored, never the end of
+    the subscription."""
+    backplane = await redis_backplane(redis_server)
+    try:
+        got = listen(backplane)
+        heard: list[Presence] = []
+        backplane.presence = heard.append
+        await backplane.watch("r")
+        channel = backplane._channel("r")
+        leave = '{"room":"r","name":"bob","member":"dead:1","event":"leave"}'
+        for payload in ("not json", '{"id": "x"}', "[1, 2]", leave):
+            assert redis_server.command("PUBLISH", channel, json.dumps(payload)) is not None
+        stored = await backplane.store("r", "alice", "after", T0)
+        await wait_until(lambda: len(got) == 1 and len(heard) == 1)
+        assert heard == [Presence(kind="leave", room="r", member="dead:1", name="bob")]
+        assert got == [stored]
+        assert backplane.problem is None
+    finally:
+        await backplane.stop()
