@@ -252,8 +252,10 @@ class Health(Resource):
         connections: Callable[[], int],
         uptime: Callable[[], float],
         problem: Callable[[], str | None] = lambda: None,
+        workers: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         super().__init__()
+        self._workers = workers
         self._connections = connections
         self._uptime = uptime
         self._problem = problem
@@ -270,4 +272,6 @@ class Health(Resource):
             body.update(status="unavailable", reason=problem)
             code = 503
         body.update(connections=self._connections(), uptime=round(self._uptime(), 3))
+        if self._workers is not None:
+            body["workers"] = self._workers()
         return _json(request, code, body)

@@ -58,6 +58,8 @@ class Config:
             stopped sending heartbeats is taken for dead: its members leave.
         shutdown_timeout: Seconds to wait at shutdown for clients to finish
             their closing handshakes.
+        workers: Processes serving connections; more than one needs `redis`
+            (a master listens, the workers accept; see chatservice.master).
         admin_token: The HTTP API's bearer token.
         admin_token_generated: Whether `admin_token` was made up at start
             (then it is logged once, so the API is never open by accident).
@@ -86,6 +88,7 @@ class Config:
     motd: str = ""
     redis: str = ""
     instance_ttl: float = 15.0
+    workers: int = 1
     shutdown_timeout: float = 5.0
     admin_token: str = ""
     admin_token_generated: bool = False
@@ -110,6 +113,10 @@ class Config:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.workers > 1 and not self.redis:
+            raise ValueError("more than one worker needs redis")
         if self.instance_ttl < 1:
             raise ValueError("instance-ttl must be at least 1 second")
         if self.presence_interval < 0.01:

@@ -10,7 +10,7 @@ observation per stored chat message, never per delivery.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -18,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+
+from chatservice.scoreboard import CONFIGURED, SAMPLES, SAMPLES_AT, UP, Scoreboard
 
 #: Why a WebSocket handshake was refused: a small fixed set (label values).
 REJECT_ORIGIN = "origin"
@@ -166,6 +168,11 @@ class EndpointCollector(Collector):
 class Metrics:
     """The metrics of one service, in their own registry.
 
+    Attributes:
+        share: With ``--workers``: copies this worker's samples to the
+            scoreboard, for the other workers' ``/metrics`` (the service calls
+            it every second); None in a single process.
+
     Args:
         endpoints: ``(label, factory)`` pairs of the WebSocket endpoints.
         registry: Where to register (a new registry if None).
@@ -177,6 +184,7 @@ class Metrics:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.share: Callable[[], object] | None = None
         self.registry.register(EndpointCollector(endpoints))
         self.history_append = Histogram(
             "chatservice_history_append_seconds",
@@ -199,3 +207,66 @@ class MetricsPage(Resource):
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         return generate_latest(self._registry)
+
+
+class SummedCollector(Collector):
+    """The metrics of the whole service, over every worker (``--workers``).
+
+    Each worker copies the samples of its own registry into its row of the
+    `Scoreboard` (`sync`: every second, and before answering ``/metrics``);
+    whichever worker is scraped adds up the rows: counters and histograms of
+    every worker that ever ran (those of dead workers are kept in the retired
+    row), gauges of the workers up now.  Every worker has the same metrics
+    (same code, same options), so a sample is at the same place in every row.
+    Also ``chatservice_workers``: workers configured and up.
+
+    Args:
+        registry: This worker's own metrics.
+        board: The service's scoreboard.
+        slot: This worker's row.
+    """
+
+    def __init__(self, registry: CollectorRegistry, board: Scoreboard, slot: int) -> None:
+        self._registry = registry
+        self._board = board
+        self._slot = slot
+
+    def sync(self) -> list[Metric]:
+        """Copy this worker's samples into its row; returns its metrics, as collected."""
+        families = list(self._registry.collect())
+        board, slot = self._board, self._slot
+        index = SAMPLES_AT
+        for family in families:
+            for sample in family.samples:
+                if index >= SAMPLES_AT + SAMPLES:
+                    raise RuntimeError("more metric samples than a scoreboard row holds")
+                board.set(slot, index, sample.value)
+                index += 1
+        return families
+
+    def collect(self) -> Iterator[Metric]:
+        families = self.sync()
+        board = self._board
+        live = board.live_slots()
+        retired = board.retired_slot
+        index = SAMPLES_AT
+        for family in families:
+            summed = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    value = sample.value  # a time, not a count: this worker's
+                else:
+                    value = sum(board.get(s, index) for s in live)
+                    if family.type != "gauge":
+                        value += board.get(retired, index)
+                summed.add_sample(sample.name, sample.labels, value)
+                index += 1
+            yield summed
+        workers = GaugeMetricFamily(
+            "chatservice_workers",
+            "Worker processes (--workers): configured, and up (listening) now.",
+            labels=["state"],
+        )
+        workers.add_metric(["configured"], board.header(CONFIGURED))
+        workers.add_metric(["up"], board.header(UP))
+        yield workers

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -69,6 +70,18 @@ class FloodGuard:
         while self._drops and self._drops[0] <= now - self._window:
             self._drops.popleft()
         return len(self._drops) > self._limit
+
+
+class Limits(Protocol):
+    """What the WebSocket endpoints ask of the connection limits: `ConnectionLimits`
+    in one process, `chatservice.scoreboard.SharedConnectionLimits` over workers."""
+
+    @property
+    def open(self) -> int: ...
+
+    def acquire(self, address: str) -> str | None: ...
+
+    def release(self, address: str) -> None: ...
 
 
 class ConnectionLimits:

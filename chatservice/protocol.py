@@ -51,7 +51,7 @@ from chatservice.metrics import (
     REJECT_SUBPROTOCOL,
     Counters,
 )
-from chatservice.policy import ConnectionLimits, OriginPolicy
+from chatservice.policy import Limits, OriginPolicy
 
 # Autobahn's protocol classes own `self.log`; ours is module level.
 _log = Logger(observer=logs.filtered)
@@ -455,7 +455,7 @@ class EndpointFactory(WebSocketServerFactory):
         config: Config,
         protocol: type[ServerProtocol],
         max_message_size: int,
-        limits: ConnectionLimits,
+        limits: Limits,
         stats: Counters | None = None,
         accept_compression: Callable[
             [Sequence[Any]], PerMessageDeflateOfferAccept | None
@@ -497,7 +497,7 @@ class EndpointFactory(WebSocketServerFactory):
         return next(EndpointFactory._ids)
 
 
-def echo_factory(config: Config, limits: ConnectionLimits) -> EndpointFactory:
+def echo_factory(config: Config, limits: Limits) -> EndpointFactory:
     """The factory behind ``/echo``."""
     factory = EndpointFactory(config, EchoProtocol, config.echo_max_message_size, limits)
     factory.echoes = True
@@ -654,7 +654,7 @@ def _transport_buffered(transport: Any) -> int:
 class ChatFactory(EndpointFactory):
     """The factory behind ``/chat``: holds the hub its connections talk to."""
 
-    def __init__(self, config: Config, hub: Hub, limits: ConnectionLimits) -> None:
+    def __init__(self, config: Config, hub: Hub, limits: Limits) -> None:
         # One set of totals with the hub, which counts broadcasts and rate limits.
         super().__init__(
             config,

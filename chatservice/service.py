@@ -1,27 +1,28 @@
-"""The running service: one Site listening on every configured endpoint."""
+"""The running service: one Site listening on every configured endpoint.
+
+With ``--workers N`` this is one worker: it accepts on the sockets its master
+listens on (`chatservice.listening.SharedPortEndpoint`) and shares the
+connection limits and metrics through the scoreboard (`chatservice.scoreboard`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IProtocolFactory,
-    IReactorTime,
-    IStreamServerEndpoint,
-)
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.logfile import LogFile
-from zope.interface import implementer
 
 from chatservice import logs
 from chatservice.backplane import Backplane, LocalBackplane
@@ -29,88 +30,24 @@ from chatservice.config import Config
 from chatservice.frames import TextFrame
 from chatservice.history import History, ThreadExecutor, immediate_executor
 from chatservice.hub import ChatLimits, Hub
+from chatservice.listening import (
+    AnnouncingEndpoint,
+    SharedPortEndpoint,
+    StartupError,
+    describe,
+    with_backlog,
+)
 from chatservice.policy import OriginPolicy
 from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.redis_backplane import RedisBackplane, parse_redis_url
+from chatservice.scoreboard import PID, Scoreboard, overloaded
 from chatservice.systemd import Notifier
 from chatservice.web import ChatSite, make_site
+from chatservice.worker import HEARTBEAT, MasterPipe, WorkerLink, connect_master
 
 _log = Logger(observer=logs.filtered)
 #: For the few lines written at any --log-level.
 _always = Logger()
-
-
-@implementer(IStreamServerEndpoint)
-class _AnnouncingEndpoint:
-    """Wraps an endpoint to log the address it listens on and keep the port.
-
-    With ``tcp:0`` the port number is only known once listening; scripts and
-    tests read it from the log event or from `ChatService.listening`.
-    """
-
-    def __init__(
-        self, endpoint: IStreamServerEndpoint, description: str, ports: list[IListeningPort]
-    ):
-        self._endpoint = endpoint
-        self._description = description
-        self._ports = ports
-
-    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        def announce(port: IListeningPort) -> IListeningPort:
-            self._ports.append(port)
-            pace_accepts(port)
-            address = port.getHost()
-            # At any --log-level: scripts (and people) read the port from it.
-            _always.info(
-                "chatservice listening on {address} (from {description!r})",
-                address=str(address),
-                host=getattr(address, "host", None),
-                port=getattr(address, "port", None),
-                description=self._description,
-            )
-            return port
-
-        d: Deferred[IListeningPort] = self._endpoint.listen(factory)
-        return d.addCallback(announce)
-
-
-#: New connections a port accepts in one reactor iteration, at most.
-ACCEPTS_PER_ITERATION = 32
-
-
-def pace_accepts(port: IListeningPort) -> None:
-    """Accept at most `ACCEPTS_PER_ITERATION` connections per reactor iteration.
-
-    Twisted's port accepts ``numberAccepts`` connections per iteration and adds 20
-    whenever it took them all, so during a reconnect storm one iteration takes in
-    hundreds, handles all their handshakes and joins (about 1 ms each) before
-    anything else, and room messages wait for seconds.  Capped, the handshakes
-    are spread over many short iterations, with room messages delivered between
-    them; the rate of joins stays what the CPU allows.
-    """
-    if not hasattr(port, "numberAccepts"):
-        return  # not a Twisted stream port (e.g. a test double)
-    accept = port.doRead  # type: ignore[attr-defined]
-
-    def doRead() -> Any:
-        port.numberAccepts = min(port.numberAccepts, ACCEPTS_PER_ITERATION)  # type: ignore[attr-defined]
-        return accept()
-
-    port.doRead = doRead  # type: ignore[attr-defined]
-
-
-#: Connections the kernel queues for a TCP port until they are accepted (Twisted's
-#: default is 50): a reconnect storm of thousands must not see refused SYNs.
-LISTEN_BACKLOG = 1024
-
-
-def with_backlog(description: str) -> str:
-    """A TCP or TLS endpoint string with a listen backlog of `LISTEN_BACKLOG`,
-    unless it sets one."""
-    kind = description.split(":", 1)[0].lower()
-    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
-        return f"{description}:backlog={LISTEN_BACKLOG}"
-    return description
 
 
 def make_hub(config: Config, backplane: Backplane, clock: IReactorTime) -> Hub:
@@ -138,13 +75,16 @@ class ChatService(MultiService):
     Args:
         config: The service's settings.
         reactor: The reactor to listen with (the global one if None).
+        worker: With ``--workers``: what the master told this worker.
 
     Attributes:
         site: The one Site every port serves.
         listening: The listening ports, once started.
     """
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any = None, worker: WorkerLink | None = None
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -168,12 +108,28 @@ class ChatService(MultiService):
         else:
             backplane = LocalBackplane(self.history)
         self.hub = make_hub(config, backplane, reactor)
-        self.site: ChatSite = make_site(config, self.hub, reactor)
+        self.worker = worker
+        self._master: MasterPipe | None = None
+        self._heartbeat: LoopingCall | None = None
+        self.board: Scoreboard | None = None
+        if worker is not None:
+            self.board = Scoreboard(worker.board, worker.workers)
+            self.board.clear(worker.slot)
+            self.board.set(worker.slot, PID, os.getpid())
+        self.site: ChatSite = make_site(
+            config, self.hub, reactor, board=self.board, slot=worker.slot if worker else 0
+        )
         self.listening: list[IListeningPort] = []
-        for description in config.ports:
-            # strports.service raises listen errors from privilegedStartService.
-            svc = strports.service(with_backlog(description), self.site, reactor=reactor)
-            svc.endpoint = _AnnouncingEndpoint(svc.endpoint, description, self.listening)
+        for i, description in enumerate(config.ports):
+            if worker is None:
+                # strports.service raises listen errors from privilegedStartService.
+                svc = strports.service(with_backlog(description), self.site, reactor=reactor)
+                svc.endpoint = AnnouncingEndpoint(svc.endpoint, description, self.listening)
+            else:
+                shared = SharedPortEndpoint(reactor, worker.fds[i], description, self._overloaded)
+                endpoint = AnnouncingEndpoint(shared, description, self.listening, announce=False)
+                svc = StreamServerEndpointService(endpoint, self.site)
+                svc._raiseSynchronously = True
             svc.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
@@ -181,7 +137,7 @@ class ChatService(MultiService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise StartupError(f"cannot listen: {_describe(e)}") from None
+            raise StartupError(f"cannot listen: {describe(e)}") from None
 
     def startService(self) -> None:
         if self.config.admin_token_generated and not self.running:
@@ -209,6 +165,9 @@ class ChatService(MultiService):
     def _ready(self) -> None:
         if not self.running:
             return
+        if self.worker is not None:
+            self._worker_ready()
+            return
         self.notifier.notify(f"READY=1\nSTATUS=listening on {len(self.listening)} port(s)")
         if self.notifier.watchdog_interval:
             self._watchdog = LoopingCall(self.notifier.notify, "WATCHDOG=1")
@@ -225,8 +184,11 @@ class ChatService(MultiService):
         self.site.health.shutting_down = True
         _log.info("chatservice shutting down")
         self.notifier.notify("STOPPING=1")
-        if self._watchdog is not None and self._watchdog.running:
-            self._watchdog.stop()
+        for loop in (self._watchdog, self._heartbeat):
+            if loop is not None and loop.running:
+                loop.stop()
+        if self._master is not None:
+            self._master.close()
         d: Deferred[Any] = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self._close_connections())
         if self._executor is not None:
@@ -236,6 +198,38 @@ class ChatService(MultiService):
             redis = self.redis
             d.addBoth(lambda _: redis.stop())
         return d
+
+    def _overloaded(self) -> bool:
+        """Whether this worker holds more than its share of the connections."""
+        assert self.board is not None and self.worker is not None
+        return overloaded(self.board, self.worker.slot)
+
+    def _worker_ready(self) -> None:
+        """Tell the master this worker listens; then ``alive`` every second."""
+        self._master = connect_master(self.reactor, self._master_gone)
+        self._master.send("ready")
+        share = self.site.metrics.share
+
+        def beat() -> None:
+            assert self._master is not None
+            self._master.send("alive")
+            if share is not None:
+                share()
+
+        self._heartbeat = LoopingCall(beat)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(HEARTBEAT, now=False)
+
+    def _master_gone(self) -> None:
+        _always.warn("chatservice: the master process is gone; this worker stops")
+        self._stop_reactor()
+
+    def _stop_reactor(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self.reactor.stop()
+
+    _stopping = False
 
     def _close_connections(self) -> Deferred[Any]:
         connections = [c for f in self.site.websocket_factories for c in f.open_connections]
@@ -265,16 +259,18 @@ class ChatService(MultiService):
         (twistd's own handlers re-raise the signal after shutdown, which ends
         the process with -15 for systemd and shells.)  Call once the reactor
         runs: it installs its handlers at start.
+
+        A worker of ``--workers`` ignores SIGINT: Ctrl-C in a terminal reaches
+        every process of the group, and the master stops its workers itself.
         """
-        import signal
 
         def stop(signum: int, frame: Any) -> None:
             _log.info("received {signal}", signal=signal.Signals(signum).name)
-            self.reactor.callFromThread(self.reactor.stop)
+            self.reactor.callFromThread(self._stop_reactor)
 
         signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        log_file = _twistd_log_file(signal.getsignal(signal.SIGUSR1))
+        signal.signal(signal.SIGINT, stop if self.worker is None else signal.SIG_IGN)
+        log_file = logs.twistd_log_file(signal.getsignal(signal.SIGUSR1))
         reload_config = self.reload_config
 
         def reload(signum: int, frame: Any) -> None:
@@ -339,33 +335,3 @@ class ChatService(MultiService):
     def _stop_executor(self) -> None:
         if self._executor is not None:
             self._executor.stop()
-
-
-def _twistd_log_file(usr1_handler: Any) -> LogFile | None:
-    """The `LogFile` of twistd's ``--logfile``, if there is one.
-
-    twistd keeps it only in the closure of the SIGUSR1 handler it installs
-    to rotate it; that handler is where we find it, to reopen it on SIGHUP.
-    """
-    for cell in getattr(usr1_handler, "__closure__", None) or ():
-        contents = cell.cell_contents
-        if isinstance(contents, LogFile):
-            return contents
-    return None
-
-
-class StartupError(Exception):
-    """The service cannot start; the message says why, in one line.
-
-    twistd removes its pid file for any Exception and re-raises it; `tap`
-    installs an excepthook that prints this one as its message alone.
-    """
-
-    def __str__(self) -> str:
-        return f"chatservice: {self.args[0]}"
-
-
-def _describe(error: CannotListenError) -> str:
-    interface = error.interface or "all interfaces"
-    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-    return f"port {error.port} on {interface}: {reason}"

@@ -13,9 +13,12 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from chatservice.config import BUNDLED_STATIC, LOG_LEVELS, Config
+from chatservice.listening import StartupError
+from chatservice.master import Master
 from chatservice.policy import parse_origin_pattern
 from chatservice.redis_backplane import parse_redis_url
-from chatservice.service import ChatService, StartupError
+from chatservice.service import ChatService
+from chatservice.worker import WORKER_ENV, WorkerLink
 
 DEFAULT_PORT = "8080"
 _DEFAULTS = Config()
@@ -36,6 +39,9 @@ def endpoint_description(value: str) -> str:
     """
     value = value.strip()
     description = f"tcp:{value}" if value.isdigit() else value
+    if WORKER_ENV in os.environ:
+        # A worker of --workers: its master checked it, and listens on it.
+        return description
     from twisted.internet import endpoints, reactor
 
     try:
@@ -131,6 +137,21 @@ def redis_url(value: str) -> str:
     return value.strip()
 
 
+def workers(value: str) -> int:
+    """Convert a ``--workers`` value: a number, or ``auto`` (the usable CPUs).
+
+    Raises:
+        usage.UsageError: Neither.
+    """
+    if value.strip().lower() == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+    return int(number("workers", value.strip(), int, 1))
+
+
 def origin_pattern(value: str) -> str:
     """Check an ``--allowed-origin`` pattern.
 
@@ -206,6 +227,13 @@ class Options(usage.Options):
             "Share rooms, presence and history with every instance on this Redis or "
             "Valkey: redis://[:password@]host[:port][/db], rediss:// (TLS), "
             "unix:///path. Without it: one process, history in SQLite.",
+        ],
+        [
+            "workers",
+            None,
+            "1",
+            "Processes serving connections: a number, or auto (one per usable CPU). "
+            "More than one needs --redis, through which the workers share rooms.",
         ],
         [
             "chat-compression",
@@ -320,6 +348,13 @@ class Options(usage.Options):
             field: number(name, self[name], kind, minimum)
             for name, field, kind, minimum, _ in _NUMBERS
         }
+        worker_count = workers(str(self["workers"]))
+        if (worker_count > 1 or str(self["workers"]).strip().lower() == "auto") and not self[
+            "redis"
+        ]:
+            raise usage.UsageError(
+                f"--workers {self['workers']}: needs --redis (the workers share rooms through it)"
+            )
         token = self["admin-token"] or os.environ.get("CHATSERVICE_ADMIN_TOKEN", "")
         generated = not token
         if generated:
@@ -335,6 +370,7 @@ class Options(usage.Options):
             motd=self["motd"],
             redis=redis_url(self["redis"]) if self["redis"] else "",
             chat_compression=switch("chat-compression", self["chat-compression"]),
+            workers=worker_count,
             **numbers,
         )
 
@@ -363,8 +399,16 @@ def makeService(options: Options) -> IService:
     # let it speak below error only when debugging.
     level = options.config.log_level
     txaio.set_global_log_level(level if level in ("debug", "error") else "error")  # type: ignore[attr-defined]
-    service = ChatService(options.config)
+    config = options.config
     arguments = list(options.arguments)
+    service: ChatService | Master
+    link = WorkerLink.from_environ()
+    if link is not None:
+        service = ChatService(config, worker=link)
+    elif config.workers > 1:
+        service = Master(config, arguments)
+    else:
+        service = ChatService(config)
 
     def reload_config() -> Config | None:
         again = Options()

@@ -22,9 +22,10 @@ from chatservice.api import Api, Health
 from chatservice.backplane import LocalBackplane
 from chatservice.config import Config
 from chatservice.hub import Hub
-from chatservice.metrics import Metrics, MetricsPage
-from chatservice.policy import ConnectionLimits
+from chatservice.metrics import Metrics, MetricsPage, SummedCollector
+from chatservice.policy import ConnectionLimits, Limits
 from chatservice.protocol import ChatFactory, EndpointFactory, echo_factory
+from chatservice.scoreboard import CONFIGURED, OPEN, UP, Scoreboard, SharedConnectionLimits
 
 _NOT_FOUND = notFound()
 
@@ -123,7 +124,12 @@ def _protocol_of(transport: Any) -> Any:
 
 
 def make_site(
-    config: Config, hub: Hub, reactor: Any = None, metrics_registry: CollectorRegistry | None = None
+    config: Config,
+    hub: Hub,
+    reactor: Any = None,
+    metrics_registry: CollectorRegistry | None = None,
+    board: Scoreboard | None = None,
+    slot: int = 0,
 ) -> ChatSite:
     """Build the site every port serves.
 
@@ -134,8 +140,18 @@ def make_site(
         metrics_registry: Where /metrics registers this site's metrics (a new
             registry of its own if None; never the process-wide default, so
             several services can live in one process).
+        board: With ``--workers``: the scoreboard the workers share; then
+            the connection limits, ``/healthz`` and ``/metrics`` are the whole
+            service's, not this process's.
+        slot: This worker's row of `board`.
     """
-    limits = ConnectionLimits(config.max_connections, config.max_connections_per_address)
+    limits: Limits
+    if board is None:
+        limits = ConnectionLimits(config.max_connections, config.max_connections_per_address)
+    else:
+        limits = SharedConnectionLimits(
+            board, slot, config.max_connections, config.max_connections_per_address
+        )
     echo = echo_factory(config, limits)
     chat = ChatFactory(config, hub, limits)
     root = StaticFiles(config.static_dir)
@@ -147,15 +163,23 @@ def make_site(
     seconds = hub.seconds
     started = seconds()
     health = Health(
-        lambda: len(echo.open_connections) + len(chat.open_connections),
+        lambda: limits.open,
         lambda: seconds() - started,
         lambda: hub.backplane.problem,
+        None if board is None else lambda: workers_health(board, slot),
     )
     root.putChild(b"healthz", health)
     metrics = Metrics((("echo", echo), ("chat", chat)), metrics_registry)
     if isinstance(hub.backplane, LocalBackplane):
         hub.backplane.history.observe_append = metrics.history_append.observe
-    root.putChild(b"metrics", MetricsPage(metrics.registry))
+    if board is not None:
+        summed = SummedCollector(metrics.registry, board, slot)
+        exposed = CollectorRegistry(auto_describe=False)
+        exposed.register(summed)
+        root.putChild(b"metrics", MetricsPage(exposed))
+        metrics.share = summed.sync
+    else:
+        root.putChild(b"metrics", MetricsPage(metrics.registry))
     # Autobahn's open handshake timeout only starts once twisted.web has read
     # the request headers; until then the HTTP idle timeout is what stops a
     # client that connects and sends nothing (or a header line now and then).
@@ -165,6 +189,18 @@ def make_site(
     site.health = health
     site.metrics = metrics
     return site
+
+
+def workers_health(board: Scoreboard, slot: int) -> dict[str, object]:
+    """What ``/healthz`` says of the workers: how many are up, which one answered,
+    and the open connections of each (how evenly they are spread)."""
+    return {
+        "up": board.header(UP),
+        "configured": board.header(CONFIGURED),
+        "this": slot,
+        "pid": os.getpid(),
+        "connections": [int(board.get(s, OPEN)) for s in range(1, board.workers + 1)],
+    }
 
 
 class ChatSite(Site):
