@@ -206,7 +206,7 @@ class Master(MultiService):
     def _check(self) -> None:
         now = self.reactor.seconds()
         for worker in self.workers:
-            if worker.ready and now - worker.last_alive > HUNG_AFTER:
+            if worker.ready and not worker.killed and now - worker.last_alive > HUNG_AFTER:
                 _always.error(
                     "chatservice: worker {worker} (pid {worker_pid}) sent no heartbeat for "
                     "{seconds:.0f} s; killing it",
@@ -272,12 +272,9 @@ class Master(MultiService):
             if loop is not None and loop.running:
                 loop.stop()
         ended = [w.stop() for w in self.workers]
-        waiting: Deferred[Any] = defer.DeferredList(ended, consumeErrors=True)
         grace = self.config.shutdown_timeout + STOP_GRACE
-        waiting.addTimeout(grace, self.reactor)
 
-        def timed_out(failure: Failure) -> None:
-            failure.trap(defer.TimeoutError)
+        def kill_late() -> None:
             for worker in self.workers:
                 if worker.process is not None:
                     _always.warn(
@@ -289,7 +286,15 @@ class Master(MultiService):
                     )
                     worker.kill()
 
-        waiting.addErrback(timed_out)
+        late = self.reactor.callLater(grace, kill_late)
+
+        def all_ended(result: object) -> object:
+            if late.active():
+                late.cancel()
+            return result
+
+        waiting: Deferred[Any] = defer.DeferredList(ended, consumeErrors=True)
+        waiting.addBoth(all_ended)
         waiting.addBoth(lambda _: defer.maybeDeferred(super(Master, self).stopService))
         waiting.addBoth(lambda _: self._remove_board())
         return waiting
@@ -339,6 +344,7 @@ class WorkerSlot:
         self.process: Any = None
         self.pid: int | None = None
         self.ready = False
+        self.killed = False
         self.last_alive = 0.0
         self._started_at = 0.0
         self._failures = 0
@@ -348,6 +354,7 @@ class WorkerSlot:
     def start(self) -> None:
         self._restart = None
         self.ready = False
+        self.killed = False
         self._started_at = self.last_alive = self.master.reactor.seconds()
         self.process = self.master.spawn(self)
         self.pid = self.process.pid
@@ -393,6 +400,7 @@ class WorkerSlot:
                 pass  # it just ended: processEnded follows
 
     def kill(self) -> None:
+        self.killed = True
         self.signal("KILL")
 
     def stop(self) -> Deferred[None]:
