@@ -9,10 +9,13 @@ INFORMATIONAL, strictly: NON-STRICT, FAILED and UNIMPLEMENTED all fail.
 
     .venv/bin/python scripts/autobahn.py            # all 517 cases (5-15 min)
     .venv/bin/python scripts/autobahn.py --quick    # without 12.* and 13.* (~30 s)
+    .venv/bin/python scripts/autobahn.py --workers 2  # against --workers 2 (and a
+                                                      # redis-server started here)
 
 Cases run one at a time (``-p 1``): the server is single-threaded, so cases
 run side by side only share its one core, and the compression groups' largest
-cases then pass the testsuite's 30 s limit.  A case that still runs out of
+cases then pass the testsuite's 30 s limit.  Against ``--workers N``, N at a
+time: the workers share them.  A case that still runs out of
 time is run once more, alone, and its second result counts.
     .venv/bin/python scripts/autobahn.py --url ws://127.0.0.1:8080/echo
 """
@@ -25,6 +28,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,10 +43,15 @@ FULL_SUITE_CASES = 517
 SLOW_GROUPS = ("12.*", "13.*")
 PASSING = {"OK", "INFORMATIONAL"}
 LISTENING = re.compile(r"chatservice listening on .*port=(\d+)")
+WORKERS_READY = re.compile(r"chatservice: \d+ workers ready")
 
 
-def start_server(log_path: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[str], int]:
-    """Start ``twistd -n chatservice`` on a free loopback port.
+def start_server(
+    log_path: Path, *options: str, timeout: float = 30.0
+) -> tuple[subprocess.Popen[str], int]:
+    """Start ``twistd -n chatservice OPTIONS`` on a free loopback port.
+
+    With ``--workers``, it is started once every worker listens.
 
     Returns:
         The process and the port it listens on.
@@ -58,7 +67,9 @@ def start_server(log_path: Path, timeout: float = 30.0) -> tuple[subprocess.Pope
         "chatservice",
         "--port",
         "tcp:0:interface=127.0.0.1",
+        *options,
     ]
+    workers = "--workers" in options
     server = subprocess.Popen(
         command,
         cwd=tempfile.mkdtemp(prefix="chatservice-autobahn-"),
@@ -78,6 +89,9 @@ def start_server(log_path: Path, timeout: float = 30.0) -> tuple[subprocess.Pope
             match = LISTENING.search(line)
             if match and not found:
                 found.append(int(match.group(1)))
+                if not workers:
+                    ready.set()
+            if workers and WORKERS_READY.search(line):
                 ready.set()
         ready.set()
         log.close()
@@ -87,6 +101,34 @@ def start_server(log_path: Path, timeout: float = 30.0) -> tuple[subprocess.Pope
         server.kill()
         raise RuntimeError(f"chatservice did not start; see {log_path}")
     return server, found[0]
+
+
+def start_redis(directory: Path, timeout: float = 10.0) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a redis-server on a free loopback port (for ``--workers``); its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("--workers needs redis-server (scripts/test installs it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    redis = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return redis, f"redis://127.0.0.1:{port}"
+        except OSError:
+            pass
+        if time.monotonic() > deadline or redis.poll() is not None:
+            redis.kill()
+            raise RuntimeError(f"redis-server did not start on port {port}")
+        time.sleep(0.05)
 
 
 def stop_server(server: subprocess.Popen[str]) -> None:
@@ -149,13 +191,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--url", help="test this running server instead of starting one")
     parser.add_argument(
-        "-p", "--parallelism", type=int, default=1, help="cases run at once (default 1)"
+        "--workers",
+        type=int,
+        help="start chatservice with --workers N (and a redis-server for it)",
+    )
+    parser.add_argument(
+        "-p",
+        "--parallelism",
+        type=int,
+        help="cases run at once (default 1; with --workers N, N: one per worker)",
     )
     parser.add_argument(
         "-i", "--include", action="append", default=[], help="only these cases (glob, repeatable)"
     )
-    parser.add_argument("-o", "--outdir", type=Path, default=ROOT / "reports" / "autobahn")
+    parser.add_argument(
+        "-o",
+        "--outdir",
+        type=Path,
+        help="where the report goes (default reports/autobahn, or reports/autobahn-workers)",
+    )
     args = parser.parse_args(argv)
+    if args.parallelism is None:
+        args.parallelism = args.workers or 1
+    if args.outdir is None:
+        args.outdir = ROOT / "reports" / ("autobahn-workers" if args.workers else "autobahn")
 
     exclude = list(SLOW_GROUPS) if args.quick else []
     outdir: Path = args.outdir.resolve()
@@ -164,14 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     outdir.mkdir(parents=True)
 
     server = None
+    redis = None
     url = args.url
     started = time.monotonic()
     try:
         if url is None:
-            server, port = start_server(outdir / "server.log")
+            options: list[str] = []
+            if args.workers:
+                redis, redis_url = start_redis(Path(tempfile.mkdtemp(prefix="autobahn-redis-")))
+                options = ["--workers", str(args.workers), "--redis", redis_url]
+                options += ["--database", ":memory:"]
+            server, port = start_server(outdir / "server.log", *options)
             url = f"ws://127.0.0.1:{port}/echo"
         print(
             f"autobahn: running the testsuite against {url}"
+            f"{f' (--workers {args.workers})' if args.workers else ''}"
             f"{' (quick: without ' + ', '.join(SLOW_GROUPS) + ')' if args.quick else ''}",
             flush=True,
         )
@@ -192,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             stop_server(server)
+        if redis is not None:
+            redis.kill()
+            redis.wait()
     elapsed = time.monotonic() - started
 
     behaviors = collections.Counter(c["behavior"] for c in cases.values())
