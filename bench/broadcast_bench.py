@@ -33,6 +33,24 @@ reports ``redis_ratio_per_server_cpu``: deliveries per second of the two
 instances' CPU over the embedded instance's (target: >= 0.7), besides Redis's
 own CPU share and the deliveries per second of all three processes' CPU.
 
+Latency (``--phase latency``, chatservice alone, not part of ``all``): what
+users feel at a load the server can carry, rather than the queueing of a
+saturated server.  Senders send room messages on a fixed schedule (open loop:
+never waiting for their own to come back) at a fixed total rate into one room of
+``--latency-members`` 1000 members (senders included), spread over
+``--latency-senders`` 100 senders or more, so that none sends over 5 a second
+(chatservice allows 10 sustained, 30 in a burst).  Each message carries its
+send time, and every member records each delivery's latency; the load
+generator is one process, so send and receive times come from one clock.  Two
+levels, each on a fresh server for ``--warmup`` + ``--duration`` seconds:
+``fixed`` at ``--latency-rate`` (100) room messages a second, and ``half_max``
+at half the maximum, which a throughput run (closed loop, as above, with the
+same members: the best of ``--rounds``) measures first, unless ``--latency-max
+RATE`` gives it.  Per level: p50/p99/p99.9/max delivery latency, messages
+offered and delivered per second, deliveries missing (errors), both CPU shares,
+and ``meets_target``: p99 at most 20 ms with no errors (the target is the
+``half_max`` level's).
+
 Memory: 10,000 idle connections joined to rooms of 100 members each, to each
 server in turn; the server's resident memory before connecting and once all
 have joined and things have settled gives KiB per connection (target for
@@ -48,9 +66,10 @@ progress to stderr.
 
     .venv/bin/python bench/broadcast_bench.py [--duration 10] [--warmup 3]
         [--subscribers 1000] [--senders 256] [--sender-rate 8] [--rounds 2]
-        [--memory-connections 10000] [--phase all|throughput|memory]
+        [--memory-connections 10000] [--phase all|throughput|memory|latency]
         [--only ours|reference] [--deflate SHARE] [--message-size N]
-        [--compare-deflate] [--redis]
+        [--compare-deflate] [--redis] [--latency-rate 100] [--latency-max RATE]
+        [--latency-members 1000] [--latency-senders 100]
 
 Exit status 0 whether or not the targets are met (a benchmark is never pass or
 fail); 1 if the benchmark could not run, or ran but the load generator saw
@@ -62,6 +81,9 @@ it exits.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
+import os
 import shutil
 import socket
 import subprocess
@@ -75,6 +97,10 @@ from typing import Any
 
 from _common import (
     BENCH_DIR,
+    LOADGEN_BUSY,
+    MEASURED,
+    MEASURING,
+    SATURATED,
     BenchError,
     Pinning,
     ServerCpuWindow,
@@ -122,7 +148,24 @@ LOADGEN_SLACK = 160.0
 
 #: Server names as given to --only, and as keys of the output.
 SERVERS = {"reference": "reference", "ours": "chatservice"}
-PHASES = ("all", "throughput", "memory")
+#: "all" is throughput and memory: latency (--phase latency) runs only when asked.
+PHASES = ("all", "throughput", "memory", "latency")
+
+#: Latency phase: p99 delivery latency at LATENCY_MAX_SHARE of the maximum must be at most this.
+LATENCY_TARGET_P99_MS = 20.0
+#: The second latency level: this fraction of the maximum room messages per second.
+LATENCY_MAX_SHARE = 0.5
+#: Most messages per second one latency sender sends: half chatservice's
+#: sustained 10 a second, so a late timer's catch-up never nears its limit.
+#: Above senders x this, a level gets more senders (and fewer subscribers).
+LATENCY_SENDER_CAP = 5.0
+#: Notes: the load generator fell behind its schedule (p99 of how late its sends were).
+LATENCY_SEND_LAG_MS = 5.0
+#: Notes: the machine spent more than this share of a core outside the server and
+#: the load generator during a latency level (other programs compete with both).
+LATENCY_OTHER_BUSY = 0.2
+#: Notes: the offered rate fell short of the level's rate by more than this fraction.
+LATENCY_RATE_SHORTFALL = 0.02
 
 
 @dataclass(frozen=True)
@@ -142,6 +185,10 @@ class Params:
     message_size: int
     compare_deflate: bool
     redis: bool = False
+    latency_rate: float = 100.0
+    latency_max: float | None = None
+    latency_members: int = 1000
+    latency_senders: int = 100
 
     @property
     def throughput(self) -> bool:
@@ -152,6 +199,11 @@ class Params:
     def memory(self) -> bool:
         """Whether the memory phase runs (not with --redis)."""
         return self.phase in ("all", "memory") and not self.redis
+
+    @property
+    def latency(self) -> bool:
+        """Whether the latency phase runs (only when asked for: not in "all")."""
+        return self.phase == "latency"
 
 
 def log(message: str) -> None:
@@ -204,7 +256,10 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         help="idle joined connections in the memory phase (default: 10000)",
     )
     parser.add_argument(
-        "--phase", choices=PHASES, default="all", help="what to measure (default: all)"
+        "--phase",
+        choices=PHASES,
+        default="all",
+        help="what to measure; all is throughput and memory (default: all)",
     )
     parser.add_argument("--only", choices=sorted(SERVERS), help="run only this server (no ratio)")
     parser.add_argument(
@@ -229,7 +284,40 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         action="store_true",
         help="chatservice embedded against two instances on one Redis (throughput only)",
     )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=100.0,
+        help="latency phase: the fixed level, room messages per second (default: 100)",
+    )
+    parser.add_argument(
+        "--latency-max",
+        type=float,
+        metavar="RATE",
+        help="latency phase: the maximum room messages per second, instead of measuring it",
+    )
+    parser.add_argument(
+        "--latency-members",
+        type=int,
+        default=1000,
+        help="latency phase: members of the room, senders included (default: 1000)",
+    )
+    parser.add_argument(
+        "--latency-senders",
+        type=int,
+        default=100,
+        help=f"latency phase: senders, at least; more where a level needs them to "
+        f"send at most {LATENCY_SENDER_CAP:g}/s each (default: 100)",
+    )
     args = parser.parse_args(argv)
+    if args.phase == "latency" and (args.only == "reference" or args.compare_deflate or args.redis):
+        parser.error(
+            "--phase latency measures chatservice alone: no --only reference, --compare-*, --redis"
+        )
+    if args.latency_rate <= 0 or (args.latency_max is not None and args.latency_max <= 0):
+        parser.error("--latency-rate and --latency-max must be > 0")
+    if not 1 <= args.latency_senders < args.latency_members:
+        parser.error("--latency-senders must be >= 1 and below --latency-members")
     if args.redis and (args.only or args.compare_deflate or args.phase == "memory"):
         parser.error("--redis compares chatservice embedded and on Redis: no --only, --compare-*")
     if not 0 <= args.deflate <= 1 or args.message_size < 0:
@@ -258,6 +346,10 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         message_size=args.message_size,
         compare_deflate=args.compare_deflate,
         redis=args.redis,
+        latency_rate=args.latency_rate,
+        latency_max=args.latency_max,
+        latency_members=args.latency_members,
+        latency_senders=args.latency_senders,
     )
 
 
@@ -382,9 +474,15 @@ def throughput_command(
 
 
 def measure_throughput(
-    name: str, node: str, params: Params, pinning: Pinning, deflate: float
+    name: str,
+    node: str,
+    params: Params,
+    pinning: Pinning,
+    deflate: float,
+    command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """One throughput run: start server `name`, load it (`deflate`: the share offering it), stop it.
+    """One throughput run: start server `name` (with `command`, by default `server_command`'s),
+    load it (`deflate`: the share offering it), stop it.
 
     Returns:
         The load generator's result plus ``server_cpu_share`` and
@@ -392,11 +490,14 @@ def measure_throughput(
     """
     with (
         tempfile.TemporaryDirectory(prefix=f"broadcast-bench-{name}-") as tmp,
-        running_server(name, server_command(name), pinning, Path(tmp)) as (pid, port),
+        running_server(name, command or server_command(name), pinning, Path(tmp)) as (pid, port),
     ):
-        command = throughput_command(node, port, params, pinning, deflate)
         window = ServerCpuWindow(pid)
-        result = run_loadgen(command, params.warmup + params.duration + LOADGEN_SLACK, window)
+        result = run_loadgen(
+            throughput_command(node, port, params, pinning, deflate),
+            params.warmup + params.duration + LOADGEN_SLACK,
+            window,
+        )
     if window.share is None:
         raise BenchError("the load generator never announced its measured window")
     result["loadgen_cpu_share"] = result.pop("cpu_share")
@@ -482,6 +583,283 @@ def throughput_notes(name: str, result: dict[str, Any], params: Params) -> list[
     return notes
 
 
+@dataclass(frozen=True)
+class LatencyLevel:
+    """One load level of the latency phase.
+
+    Attributes:
+        name: Its key in the output (``fixed``, ``half_max``).
+        rate: Room messages per second offered, over all senders.
+        members: Members of the room, senders included.
+        senders: How many of them send, each ``rate / senders`` a second.
+    """
+
+    name: str
+    rate: float
+    members: int
+    senders: int
+
+
+def latency_level(name: str, rate: float, params: Params) -> LatencyLevel:
+    """Level `name` at `rate` room messages per second: --latency-senders senders, or more if
+    that many would each send over LATENCY_SENDER_CAP a second.
+
+    Raises:
+        BenchError: The room has too few members for the senders `rate` needs.
+    """
+    senders = max(params.latency_senders, math.ceil(rate / LATENCY_SENDER_CAP))
+    if senders >= params.latency_members:
+        raise BenchError(
+            f"latency level {name}: {rate:g} room messages/s needs {senders} senders at "
+            f"{LATENCY_SENDER_CAP:g}/s each, and the room has {params.latency_members} members"
+        )
+    return LatencyLevel(name, round(rate, 1), params.latency_members, senders)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine have been busy (not idle or waiting for I/O),
+    from the first line of /proc/stat (proc(5))."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    # user nice system idle iowait irq softirq steal (guest time is in user already)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class MachineCpuWindow:
+    """A `LineWatcher`: the whole machine's busy CPU time between MEASURING and MEASURED.
+
+    Attributes:
+        share: Busy CPU time over wall time between the two lines (1.0 is one
+            full core; at most the number of CPUs), or None until both have come.
+    """
+
+    def __init__(self) -> None:
+        self._start: tuple[float, float] | None = None
+        self.share: float | None = None
+
+    def __call__(self, line: str, process: subprocess.Popen[str]) -> bool:
+        if line == MEASURING:
+            self._start = (time.monotonic(), machine_busy_seconds())
+        elif line == MEASURED and self._start is not None:
+            wall = time.monotonic() - self._start[0]
+            self.share = round((machine_busy_seconds() - self._start[1]) / wall, 3)
+        else:
+            return False
+        return True
+
+
+def latency_command(
+    node: str, ports: int | Sequence[int], level: LatencyLevel, params: Params, pinning: Pinning
+) -> list[str]:
+    """The load generator's command line for one latency level."""
+    return loadgen_command(
+        node,
+        ports,
+        pinning,
+        "--mode=latency",
+        f"--subscribers={level.members - level.senders}",
+        f"--senders={level.senders}",
+        f"--total-rate={level.rate}",
+        f"--warmup={params.warmup}",
+        f"--duration={params.duration}",
+        f"--deflate={params.deflate}",
+        f"--message-size={params.message_size}",
+    )
+
+
+def load_latency(
+    node: str,
+    server_pids: Sequence[int],
+    ports: Sequence[int],
+    level: LatencyLevel,
+    params: Params,
+    pinning: Pinning,
+) -> dict[str, Any]:
+    """One latency level against servers already listening on `ports` (members take turns
+    between them); `server_pids`: the processes whose CPU counts as the server's.
+
+    Returns:
+        The load generator's result plus ``loadgen_cpu_share``, ``server_cpu_share``
+        (all of `server_pids`, summed) and ``meets_target``.
+    """
+    windows = CpuWindows({"servers": list(server_pids)})
+    machine = MachineCpuWindow()
+
+    def watch(line: str, process: subprocess.Popen[str]) -> bool:
+        return any([windows(line, process), machine(line, process)])
+
+    result = run_loadgen(
+        latency_command(node, ports, level, params, pinning),
+        params.warmup + params.duration + LOADGEN_SLACK,
+        watch,
+    )
+    share = windows.share("servers")
+    if share is None or machine.share is None:
+        raise BenchError("the load generator never announced its measured window")
+    result["loadgen_cpu_share"] = result.pop("cpu_share")
+    result["server_cpu_share"] = share
+    result["other_cpu_share"] = round(
+        max(0.0, machine.share - share - result["loadgen_cpu_share"]), 3
+    )
+    p99 = result["p99_ms"]
+    result["meets_target"] = (
+        result["errors"] == 0 and p99 is not None and p99 <= LATENCY_TARGET_P99_MS
+    )
+    return result
+
+
+def measure_latency(
+    node: str,
+    level: LatencyLevel,
+    params: Params,
+    pinning: Pinning,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """One latency level: start chatservice with `command` (by default `server_command`'s),
+    load it (`load_latency`), stop it."""
+    if command is None:
+        command = server_command("chatservice")
+    with (
+        tempfile.TemporaryDirectory(prefix="broadcast-bench-latency-") as tmp,
+        running_server("chatservice", command, pinning, Path(tmp)) as (pid, port),
+    ):
+        return load_latency(node, [pid], [port], level, params, pinning)
+
+
+def measure_max_rate(
+    node: str, params: Params, pinning: Pinning, command: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """chatservice's maximum for the latency room: the best of --rounds throughput runs
+    (closed loop, the server saturated) with --latency-members members, --senders of
+    them sending (fewer if the room is smaller); `command` as for `measure_throughput`.
+
+    Returns:
+        The best run's result plus ``runs_room_messages_per_s``.
+    """
+    senders = min(params.senders, params.latency_members)
+    room = dataclasses.replace(
+        params, subscribers=params.latency_members - senders, senders=senders
+    )
+    runs = []
+    for round_number in range(1, params.rounds + 1):
+        log(
+            f"latency: maximum, round {round_number}/{params.rounds}: throughput with "
+            f"{params.latency_members} members ({params.warmup:g} s warmup + {params.duration:g} s)"
+        )
+        result = measure_throughput("chatservice", node, room, pinning, params.deflate, command)
+        log(
+            f"  {result['room_messages_per_s']:.1f} room messages/s, "
+            f"errors {result['errors']}, CPU server {result['server_cpu_share']} "
+            f"loadgen {result['loadgen_cpu_share']}"
+        )
+        runs.append(result)
+    best = max(runs, key=lambda r: r["room_messages_per_s"])
+    return {**best, "runs_room_messages_per_s": [r["room_messages_per_s"] for r in runs]}
+
+
+def latency_notes(name: str, result: dict[str, Any]) -> list[str]:
+    """Warnings about a latency level: the server saturated (so the latency is mostly
+    queueing), the load generator busy or behind, the rate not offered, errors."""
+    notes = []
+    if result["server_cpu_share"] >= SATURATED:
+        notes.append(
+            f"{name}: server CPU share {result['server_cpu_share']} >= {SATURATED} at "
+            f"{result['rate_per_s']:g} room messages/s: saturated, so the latency is mostly "
+            "queueing (or something else busy on its CPU)"
+        )
+    if result["loadgen_cpu_share"] > LOADGEN_BUSY:
+        notes.append(
+            f"{name}: load generator CPU share {result['loadgen_cpu_share']} > {LOADGEN_BUSY}: "
+            "its own queueing may be part of the latency"
+        )
+    if result["other_cpu_share"] > LATENCY_OTHER_BUSY:
+        notes.append(
+            f"{name}: {result['other_cpu_share']} of a core busy outside the server and the "
+            f"load generator (> {LATENCY_OTHER_BUSY}): other work on the machine may have "
+            "delayed either, and so added latency"
+        )
+    lag = result["send_lag_p99_ms"]
+    if lag is not None and lag > LATENCY_SEND_LAG_MS:
+        notes.append(
+            f"{name}: the load generator's sends were up to {lag} ms late on their schedule "
+            f"(p99 > {LATENCY_SEND_LAG_MS:g} ms): it was busy, so its receive times may be late too"
+        )
+    if (
+        result["room_messages_delivered_per_s"]
+        < (1 - LATENCY_RATE_SHORTFALL) * result["offered_per_s"]
+    ):
+        notes.append(
+            f"{name}: {result['room_messages_delivered_per_s']} room messages/s delivered of "
+            f"{result['offered_per_s']} offered: the server fell behind, and the latency grew "
+            "through the window"
+        )
+    if result["offered_per_s"] < (1 - LATENCY_RATE_SHORTFALL) * result["rate_per_s"]:
+        notes.append(
+            f"{name}: offered {result['offered_per_s']} room messages/s of {result['rate_per_s']}"
+        )
+    if result["errors"]:
+        notes.append(
+            f"{name}: the load generator saw {result['errors']} errors "
+            f"({result['deliveries_missing']} deliveries missing)"
+        )
+    return notes
+
+
+def latency_phase(
+    node: str, params: Params, pinning: Pinning, command: Sequence[str] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """The latency phase: chatservice's delivery latency at a fixed rate and at
+    LATENCY_MAX_SHARE of its maximum (measured first, unless --latency-max).
+    `command` starts chatservice for every run (by default `server_command`'s).
+
+    Returns:
+        The output's ``latency`` section, every run's result (for errors), and notes.
+    """
+    section: dict[str, Any] = {
+        "members": params.latency_members,
+        "target_p99_ms": LATENCY_TARGET_P99_MS,
+        "max_share": LATENCY_MAX_SHARE,
+    }
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if params.latency_max is not None:
+        maximum = params.latency_max
+        section["max_source"] = "--latency-max"
+    else:
+        max_run = measure_max_rate(node, params, pinning, command)
+        maximum = max_run["room_messages_per_s"]
+        section["max_source"] = "measured"
+        section["max_run"] = max_run
+        results.append(max_run)
+        notes += throughput_notes("latency max_run", max_run, params)
+    section["max_room_messages_per_s"] = maximum
+    levels = [
+        latency_level("fixed", params.latency_rate, params),
+        latency_level("half_max", LATENCY_MAX_SHARE * maximum, params),
+    ]
+    section["levels"] = {}
+    for level in levels:
+        log(
+            f"latency: {level.name}, {level.rate:g} room messages/s from {level.senders} of "
+            f"{level.members} members ({params.warmup:g} s warmup + {params.duration:g} s)"
+        )
+        result = measure_latency(node, level, params, pinning, command)
+        result["share_of_max"] = round(level.rate / maximum, 3) if maximum else None
+        log(
+            f"  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+            f"p99.9 {result['p999_ms']} ms, max {result['max_ms']} ms; "
+            f"{result['offered_per_s']} offered/s, {result['deliveries_per_s']:.0f} deliveries/s, "
+            f"missing {result['deliveries_missing']}, errors {result['errors']}, "
+            f"CPU server {result['server_cpu_share']} loadgen {result['loadgen_cpu_share']} "
+            f"other {result['other_cpu_share']}"
+        )
+        section["levels"][level.name] = result
+        results.append(result)
+        notes += latency_notes(f"latency {level.name}", result)
+    section["meets_target"] = section["levels"]["half_max"]["meets_target"]
+    return section, results, notes
+
+
 def run(params: Params) -> tuple[dict[str, Any], bool]:
     """The whole benchmark.
 
@@ -492,7 +870,12 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
     pinning = choose_pinning()
     members = params.subscribers + params.senders
     open_files = raise_open_files_limit(
-        max(members, params.memory_connections if params.memory else 0) + SPARE_FILES
+        max(
+            members,
+            params.memory_connections if params.memory else 0,
+            params.latency_members if params.latency else 0,
+        )
+        + SPARE_FILES
     )
     # (label in the output, server, share of members offering permessage-deflate)
     contenders: list[tuple[str, str, float]]
@@ -615,6 +998,11 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
                 memory[f"{label}_kib_per_conn"] <= TARGET_KIB for label in ours
             )
         document["memory"] = memory
+
+    if params.latency:
+        document["latency"], latency_results, more_notes = latency_phase(node, params, pinning)
+        results += latency_results
+        notes += more_notes
 
     document["notes"] = notes
     return document, all(r["errors"] == 0 for r in results)

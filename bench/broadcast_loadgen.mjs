@@ -2,9 +2,10 @@
 //
 // Speaks the JSON dialect of /chat (subprotocol chat.v1.json, docs/protocol.md)
 // over the minimal WebSocket client in _wsclient.mjs (why not `ws`: see there),
-// and reads the bulk of the frames, chat-messages to members that do not send,
-// without JSON.parse: their id and send time are read from the bytes (see
-// CHAT_MESSAGE); anything else is parsed as JSON.  Connections are spread over
+// and reads the bulk of the frames, chat-messages to members that do not send
+// (in latency mode, to every member), without JSON.parse: their id and send
+// time are read from the bytes (see CHAT_MESSAGE); anything else is parsed as
+// JSON.  Connections are spread over
 // source addresses 127.0.X.Y, at most --per-address on each (chatservice limits
 // connections per client address), and opened a few at a time (the server's
 // listen backlog is small).  A member counts as joined when the server's
@@ -46,6 +47,46 @@
 // CPU time over the same window.  If stdin closes before the end (the driver
 // went away), it exits with status 3.
 //
+// --mode latency: --subscribers members plus --senders members join the room
+// "bench", as in throughput mode, but the senders run an open loop: together
+// they send --total-rate chat-messages per second on a fixed schedule (message
+// n is due at start + n / total-rate, sent by sender n mod --senders, so each
+// sender sends total-rate / senders a second, evenly spaced), whether or not
+// earlier ones have come back.  A message's text starts with the time it was
+// actually sent (performance.now(), in ms; senders and receivers are this one
+// process, so one clock).  Every member, senders included, records the
+// latency of every chat-message it receives; the latencies reported are those
+// of every delivery of the messages sent inside the window, however late they
+// come (measured by send time, so the window's edges cut no message off).
+// After --warmup seconds it measures for --duration seconds, stops sending,
+// drains as in throughput mode (DRAIN_TIMEOUT_MS; deliveries still missing
+// then are errors), and prints one JSON object on stdout:
+//
+//   {"members", "senders", "join_s", "rate_per_s", "sender_rate_per_s",
+//    "offered", "offered_per_s", "deliveries", "deliveries_per_s",
+//    "room_messages_delivered_per_s", "latency_samples", "expected_samples",
+//    "p50_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms",
+//    "first_delivery_p50_ms", "first_delivery_p99_ms", "last_delivery_p50_ms",
+//    "last_delivery_p99_ms", "deliveries_missing", "send_lag_p99_ms",
+//    "send_lag_max_ms", "errors", "error_kinds", "cpu_share",
+//    "deflate_members", "message_bytes"}
+//
+// offered are the messages sent inside the window; deliveries the
+// chat-messages received by any member inside the window (whenever sent),
+// room_messages_delivered_per_s deliveries_per_s / members; latency_samples the
+// deliveries of the messages offered (expected_samples: offered x members);
+// p50/p99/p999/max/mean_ms their latency from send to receive (nearest rank);
+// first_delivery_* and last_delivery_* the same per message (by the server's
+// id) of its first and its last delivery: the server's time until it starts
+// sending a message (queueing included), and until every member has it;
+// deliveries_missing the deliveries of all messages sent (warmup included)
+// that never came, summed over the members (each one also counted in errors);
+// send_lag_*_ms how late the sends of the window were on their schedule (the
+// timer's granularity, about 1 ms, plus whatever kept this process busy: if it
+// grows, the load generator is falling behind).  The window is announced on
+// stderr (MEASURING, MEASURED) as in throughput mode; stdin closing before the
+// end exits with status 3.
+//
 // --mode memory: --connections members join rooms of --room-size members each
 // ("idle-0", "idle-1", ...) and stay idle.  Once all have joined it writes
 // JOINED on stderr and holds them open until its stdin closes (the driver has
@@ -55,7 +96,7 @@
 //
 // Exit status: 0 when the run completed (errors are reported, not fatal),
 // 2 for bad arguments or when the members could not all connect and join,
-// 3 when stdin closed before the end of a throughput run.
+// 3 when stdin closed before the end of a throughput or latency run.
 
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
@@ -81,6 +122,7 @@ function options() {
       subscribers: { type: "string", default: "1000" },
       senders: { type: "string", default: "256" },
       rate: { type: "string", default: "8" },
+      "total-rate": { type: "string", default: "100" },
       warmup: { type: "string", default: "3" },
       duration: { type: "string", default: "10" },
       connections: { type: "string", default: "10000" },
@@ -96,6 +138,7 @@ function options() {
     subscribers: Number(values.subscribers),
     senders: Number(values.senders),
     rate: Number(values.rate),
+    totalRate: Number(values["total-rate"]),
     warmup: Number(values.warmup),
     duration: Number(values.duration),
     connections: Number(values.connections),
@@ -107,13 +150,16 @@ function options() {
   const bad = [];
   const isCount = (x, min) => Number.isInteger(x) && x >= min;
   if (!opts.url) bad.push("--url is required");
-  if (!["throughput", "memory"].includes(opts.mode)) bad.push("--mode must be throughput or memory");
+  if (!["throughput", "latency", "memory"].includes(opts.mode)) {
+    bad.push("--mode must be throughput, latency or memory");
+  }
   if (!isCount(opts.subscribers, 0)) bad.push("--subscribers must be an integer >= 0");
   for (const name of ["senders", "connections", "room-size", "per-address"]) {
     const key = name.replace(/-(.)/, (_, c) => c.toUpperCase());
     if (!isCount(opts[key], 1)) bad.push(`--${name} must be a positive integer`);
   }
   if (!(opts.rate > 0)) bad.push("--rate must be > 0");
+  if (!(opts.totalRate > 0)) bad.push("--total-rate must be > 0");
   if (!(opts.warmup >= 0)) bad.push("--warmup must be >= 0");
   if (!(opts.duration > 0)) bad.push("--duration must be > 0");
   if (!(opts.deflate >= 0 && opts.deflate <= 1)) bad.push("--deflate must be from 0 to 1");
@@ -134,11 +180,55 @@ const state = {
   sent: 0, // chat-messages sent by all senders, the whole run
   deliveries: 0, // chat-messages received by any member inside the window
   roomMessages: 0, // senders' own messages back at their sender inside the window
-  latenciesMs: [], // send to receive, of every delivery inside the window
+  latenciesMs: [], // send to receive, of every delivery inside the window (latency mode: `samples`)
   errors: 0,
   errorKinds: {}, // errors by kind: "chat-error rate-limited", "close 1008", ...
   messageBytes: 0, // length of the last text a sender sent
+  // --mode latency only:
+  windowStart: Number.POSITIVE_INFINITY, // the window, by send time (performance.now())
+  windowEnd: Number.POSITIVE_INFINITY,
+  offered: 0, // messages sent inside the window
+  sendLagsMs: [], // how late each send of the window was on its schedule
+  spreads: new Map(), // message id: [its first delivery's latency, its last's]
 };
+const LATENCY = opts.mode === "latency";
+
+/**
+ * The latencies of a latency run, in a Float64Array allocated once for all
+ * that the run should record: growing a JS array of millions by push copies it
+ * now and then, which stalled this process (its receive times) for 10-20 ms.
+ */
+class Samples {
+  constructor(capacity) {
+    this.values = new Float64Array(capacity);
+    this.length = 0;
+  }
+
+  add(value) {
+    if (this.length === this.values.length) {
+      const values = new Float64Array(Math.max(1024, this.values.length * 2));
+      values.set(this.values);
+      this.values = values;
+    }
+    this.values[this.length++] = value;
+  }
+
+  /** The values, sorted (in place). */
+  sorted() {
+    return this.values.subarray(0, this.length).sort();
+  }
+}
+/** Room for every delivery of the window's messages, 5 % to spare, up to SAMPLES_KEPT_AT_ONCE
+ * (then it grows); empty outside latency mode. */
+const SAMPLES_KEPT_AT_ONCE = 2 ** 25;
+const samples = new Samples(
+  LATENCY
+    ? Math.min(
+        SAMPLES_KEPT_AT_ONCE,
+        Math.ceil(opts.totalRate * opts.duration * 1.05 + 10) * (opts.subscribers + opts.senders),
+      )
+    : 0,
+);
 
 /** Count `count` errors of `kind`. */
 function error(kind, count = 1) {
@@ -319,7 +409,18 @@ class Member {
     this.received += 1;
     if (id <= this.lastId) error("chat-message out of order");
     this.lastId = id;
-    if (state.measuring) {
+    if (LATENCY) {
+      // Deliveries by receive time; latencies of the messages sent inside the window.
+      if (state.measuring) state.deliveries += 1;
+      if (sentAt >= state.windowStart && sentAt < state.windowEnd) {
+        const latency = now - sentAt;
+        samples.add(latency);
+        const spread = state.spreads.get(id);
+        if (spread === undefined) state.spreads.set(id, [latency, latency]);
+        else if (latency < spread[0]) spread[0] = latency;
+        else if (latency > spread[1]) spread[1] = latency;
+      }
+    } else if (state.measuring) {
       state.deliveries += 1;
       state.latenciesMs.push(now - sentAt);
     }
@@ -403,16 +504,36 @@ function finish(result) {
   process.exit(0);
 }
 
+/** The members of the room "bench": --subscribers then --senders. */
+function roomSpecs() {
+  return [
+    ...Array.from({ length: opts.subscribers }, (_, i) => [`sub-${i}`, ROOM]),
+    ...Array.from({ length: opts.senders }, (_, i) => [`send-${i}`, ROOM]),
+  ];
+}
+
+/** Wait until every member has every message sent (or DRAIN_TIMEOUT_MS); the rest are errors.
+ * Returns the deliveries missing, over all members. */
+async function drain(members) {
+  const drained = () => members.every((member) => member.received >= state.sent);
+  const deadline = performance.now() + DRAIN_TIMEOUT_MS;
+  while (!drained() && performance.now() < deadline) await sleep(50);
+  let missing = 0;
+  for (const member of members) {
+    if (member.received < state.sent) {
+      missing += state.sent - member.received;
+      error("chat-message missing", state.sent - member.received);
+    }
+  }
+  return missing;
+}
+
 async function throughput() {
   stdinClosed().then(() => {
     process.stderr.write("loadgen: stdin closed before the end: aborting\n");
     process.exit(3);
   });
-  const specs = [
-    ...Array.from({ length: opts.subscribers }, (_, i) => [`sub-${i}`, ROOM]),
-    ...Array.from({ length: opts.senders }, (_, i) => [`send-${i}`, ROOM]),
-  ];
-  const { members, joinSeconds } = await joinAll(specs);
+  const { members, joinSeconds } = await joinAll(roomSpecs());
   const senders = members.slice(opts.subscribers).map((member) => new Sender(member));
   for (const sender of senders) sender.send();
 
@@ -431,12 +552,7 @@ async function throughput() {
   const cpu = cpuSeconds() - cpuStart;
   process.stderr.write(`${MEASURED}\n`);
 
-  const drained = () => members.every((member) => member.received >= state.sent);
-  const deadline = performance.now() + DRAIN_TIMEOUT_MS;
-  while (!drained() && performance.now() < deadline) await sleep(50);
-  for (const member of members) {
-    if (member.received < state.sent) error("chat-message missing", state.sent - member.received);
-  }
+  await drain(members);
 
   const sorted = Float64Array.from(state.latenciesMs).sort();
   finish({
@@ -460,6 +576,100 @@ async function throughput() {
   });
 }
 
+/**
+ * Open loop: opts.totalRate messages a second on a fixed schedule, round robin
+ * over `senders` (members, which then keep the fast path: nothing they receive
+ * needs their username).  Until state.stopping.
+ */
+function sendOnSchedule(senders) {
+  const interval = 1000 / opts.totalRate;
+  const start = performance.now();
+  let n = 0; // the next message's number: due at start + n * interval
+  const padding = () => (opts.messageSize ? ` ${chatText(Math.max(1, opts.messageSize - 40))}` : "");
+  const tick = () => {
+    if (state.stopping) return;
+    // Everything due by now (several after a busy spell: no send is skipped).
+    for (let due = start + n * interval; due <= performance.now(); due = start + n * interval) {
+      const member = senders[n % senders.length];
+      n += 1;
+      const sentAt = performance.now();
+      const message = `${sentAt.toFixed(3)} ${member.username}${padding()} ${n}`;
+      member.send("chat-message", { room: ROOM, message });
+      state.sent += 1;
+      state.messageBytes = Buffer.byteLength(message);
+      if (sentAt >= state.windowStart && sentAt < state.windowEnd) {
+        state.offered += 1;
+        state.sendLagsMs.push(sentAt - due);
+      }
+    }
+    setTimeout(tick, Math.max(0, start + n * interval - performance.now()));
+  };
+  tick();
+}
+
+async function latency() {
+  stdinClosed().then(() => {
+    process.stderr.write("loadgen: stdin closed before the end: aborting\n");
+    process.exit(3);
+  });
+  const { members, joinSeconds } = await joinAll(roomSpecs());
+  sendOnSchedule(members.slice(opts.subscribers));
+
+  await sleep(opts.warmup * 1000);
+  process.stderr.write(`${MEASURING}\n`);
+  const cpuStart = cpuSeconds();
+  state.windowStart = performance.now();
+  state.measuring = true;
+
+  await sleep(opts.duration * 1000);
+  state.windowEnd = performance.now();
+  state.measuring = false;
+  state.stopping = true;
+  const wall = (state.windowEnd - state.windowStart) / 1000;
+  const cpu = cpuSeconds() - cpuStart;
+  process.stderr.write(`${MEASURED}\n`);
+
+  const missing = await drain(members);
+  const sorted = samples.sorted();
+  const lags = Float64Array.from(state.sendLagsMs).sort();
+  const spreads = [...state.spreads.values()];
+  const firsts = Float64Array.from(spreads, (spread) => spread[0]).sort();
+  const lasts = Float64Array.from(spreads, (spread) => spread[1]).sort();
+  const perSecond = (count) => Math.round((count / wall) * 10) / 10;
+  const deliveriesPerS = perSecond(state.deliveries);
+  finish({
+    members: members.length,
+    senders: opts.senders,
+    join_s: round3(joinSeconds),
+    rate_per_s: opts.totalRate,
+    sender_rate_per_s: round3(opts.totalRate / opts.senders),
+    offered: state.offered,
+    offered_per_s: perSecond(state.offered),
+    deliveries: state.deliveries,
+    deliveries_per_s: deliveriesPerS,
+    room_messages_delivered_per_s: Math.round((deliveriesPerS / members.length) * 10) / 10,
+    latency_samples: sorted.length,
+    expected_samples: state.offered * members.length,
+    p50_ms: round3(quantile(sorted, 0.5)),
+    p99_ms: round3(quantile(sorted, 0.99)),
+    p999_ms: round3(quantile(sorted, 0.999)),
+    max_ms: round3(sorted.length ? sorted[sorted.length - 1] : null),
+    mean_ms: round3(sorted.length ? sorted.reduce((a, b) => a + b, 0) / sorted.length : null),
+    first_delivery_p50_ms: round3(quantile(firsts, 0.5)),
+    first_delivery_p99_ms: round3(quantile(firsts, 0.99)),
+    last_delivery_p50_ms: round3(quantile(lasts, 0.5)),
+    last_delivery_p99_ms: round3(quantile(lasts, 0.99)),
+    deliveries_missing: missing,
+    send_lag_p99_ms: round3(quantile(lags, 0.99)),
+    send_lag_max_ms: round3(lags.length ? lags[lags.length - 1] : null),
+    errors: state.errors,
+    error_kinds: state.errorKinds,
+    cpu_share: Math.round((cpu / wall) * 1000) / 1000,
+    deflate_members: members.filter((member) => member.client.deflate).length,
+    message_bytes: state.messageBytes,
+  });
+}
+
 async function memory() {
   const released = stdinClosed();
   const specs = Array.from({ length: opts.connections }, (_, i) => [
@@ -478,4 +688,5 @@ async function memory() {
 }
 
 if (opts.mode === "throughput") throughput();
+else if (opts.mode === "latency") latency();
 else memory();
