@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from memory import client_frame
+from memory import client_frame, server_frames
 from net import port_of, raw_websocket, start_twistd
 from twisted.internet.threads import deferToThread
 from websockets.sync.client import ClientConnection, connect
@@ -260,3 +260,33 @@ async def test_a_large_room_over_real_sockets(serve: Serve) -> None:
     assert not any(line.startswith("* m1 joined") for line in lines)
     assert any(line.startswith("* #lobby: ") and "joined: " in line for line in lines)
     assert lines[-1] == "* #lobby: 7 here; left: m0"
+
+
+def flood_in_one_write(port: int) -> list[tuple[int, bytes]]:
+    """200 chat frames in one TCP write (handled in one reactor turn); every frame
+    the server sends back until its close frame."""
+    sock = raw_websocket(port, "/chat", ["chat.v1.json"])
+    sock.settimeout(10)
+    typing = json.dumps({"type": "chat-typing", "payload": {}}).encode()
+    sock.sendall(b"".join(client_frame(typing) for _ in range(200)))
+    data, frames = b"", []
+    while not frames or frames[-1][0] != 0x88:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        parsed, data = server_frames(data + chunk)
+        frames += parsed
+    sock.close()
+    return frames
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_was_sent_before_a_close_arrives_before_it(serve: Serve) -> None:
+    """Events a connection gets are written once per reactor turn; a close in the
+    same turn (here: for flooding) goes after them, not instead of them."""
+    port = port_of(serve(database=":memory:"))
+    frames = await deferToThread(flood_in_one_write, port)
+    assert frames[-1][0] == 0x88 and int.from_bytes(frames[-1][1][:2], "big") == 1008
+    errors = [json.loads(p) for op, p in frames[:-1] if b"rate-limited" in p]
+    assert len(errors) >= 50, frames[:3]
+    assert all(e["payload"]["code"] == "rate-limited" for e in errors)
