@@ -16,6 +16,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 #: Every server prints its port as ``port=N`` once listening.
 PORT_RE = re.compile(r"port=(\d+)")
+#: chatservice --workers N says so once every worker listens.
+WORKERS_READY_RE = re.compile(r"chatservice: \d+ workers ready")
 #: Lines the load generators write on stderr at the start and end of their window.
 MEASURING = "loadgen: measuring"
 MEASURED = "loadgen: measured"
@@ -201,12 +204,17 @@ def stop(process: subprocess.Popen[Any]) -> None:
 
 @contextmanager
 def running_server(
-    name: str, command: Sequence[str], pinning: Pinning, workdir: Path
+    name: str,
+    command: Sequence[str],
+    pinning: Pinning,
+    workdir: Path,
+    ready: re.Pattern[str] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Start server `name` with `command`, wait until it listens, and stop it on exit.
 
     Its output goes to a log file in `workdir`, read for the port: the server
-    announces it as ``port=N``.
+    announces it as ``port=N``; with `ready`, also for a line matching it
+    (chatservice ``--workers``: every worker listens).
 
     Yields:
         The server's process id and port.
@@ -221,13 +229,15 @@ def running_server(
             stderr=subprocess.STDOUT,
         )
     try:
-        yield process.pid, _wait_for_port(name, process, log_path)
+        yield process.pid, _wait_for_port(name, process, log_path, ready)
     finally:
         stop(process)
 
 
-def _wait_for_port(name: str, process: subprocess.Popen[bytes], log_path: Path) -> int:
-    """The port server `name` announces in its log.
+def _wait_for_port(
+    name: str, process: subprocess.Popen[bytes], log_path: Path, ready: re.Pattern[str] | None
+) -> int:
+    """The port server `name` announces in its log (once `ready` matches a line).
 
     Raises:
         BenchError: It exited or did not announce a port in time.
@@ -235,7 +245,8 @@ def _wait_for_port(name: str, process: subprocess.Popen[bytes], log_path: Path) 
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while True:
         output = log_path.read_text(errors="replace")
-        if match := PORT_RE.search(output):
+        match = PORT_RE.search(output)
+        if match and (ready is None or ready.search(output)):
             return int(match.group(1))
         if process.poll() is not None:
             what = f"exited with status {process.returncode}"
@@ -245,6 +256,89 @@ def _wait_for_port(name: str, process: subprocess.Popen[bytes], log_path: Path) 
             time.sleep(0.05)
             continue
         raise BenchError(f"{name} server {what}; its output:\n{output[-2000:]}")
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of `pid` (chatservice --workers: its workers)."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def running_redis(pinning: Pinning, workdir: Path) -> Iterator[tuple[int, str]]:
+    """A redis-server on a free loopback port, pinned like the servers; no persistence.
+
+    Yields:
+        Its process id and URL.
+    """
+    server = shutil.which("redis-server")
+    if server is None:
+        raise BenchError("this needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    redis = subprocess.Popen(
+        [
+            *(*pinning.server, server, "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(workdir)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if redis.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+        yield redis.pid, f"redis://127.0.0.1:{port}"
+    finally:
+        stop(redis)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A running chatservice: its port, and the processes whose CPU time counts.
+
+    Attributes:
+        port: Where it listens.
+        pids: Its processes: the one, or the master and its workers.
+        redis_pid: The redis-server of ``--workers``, or None.
+    """
+
+    port: int
+    pids: tuple[int, ...]
+    redis_pid: int | None = None
+
+    @property
+    def all_pids(self) -> list[int]:
+        """Every process of the service, Redis included."""
+        return [*self.pids, *([self.redis_pid] if self.redis_pid else [])]
+
+
+@contextmanager
+def running_chatservice(
+    name: str, pinning: Pinning, workdir: Path, *options: str, workers: int = 1
+) -> Iterator[Service]:
+    """chatservice with `options`: one process, or (`workers` > 1) ``--workers``
+    on a redis-server started here, everything pinned as the server."""
+    if workers <= 1:
+        with running_server(name, chatservice_command(*options), pinning, workdir) as (pid, port):
+            yield Service(port, (pid,))
+        return
+    with running_redis(pinning, workdir) as (redis_pid, url):
+        command = chatservice_command("--workers", str(workers), "--redis", url, *options)
+        with running_server(name, command, pinning, workdir, WORKERS_READY_RE) as (pid, port):
+            yield Service(port, (pid, *children_of(pid)), redis_pid)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -259,22 +353,30 @@ def cpu_seconds(pid: int) -> float:
 class ServerCpuWindow:
     """A `LineWatcher`: the server's CPU share between MEASURING and MEASURED.
 
+    Args:
+        server_pid: The server's process, or all of its processes (the master,
+            the workers and Redis of chatservice ``--workers``): their CPU
+            time is added up.
+
     Attributes:
         share: The server's CPU time over wall time between the two lines
             (1.0 is one full core), or None until both have come.
     """
 
-    def __init__(self, server_pid: int) -> None:
-        self._pid = server_pid
+    def __init__(self, server_pid: int | Sequence[int]) -> None:
+        self._pids = [server_pid] if isinstance(server_pid, int) else list(server_pid)
         self._start: tuple[float, float] | None = None
         self.share: float | None = None
 
+    def _cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self._pids)
+
     def __call__(self, line: str, process: subprocess.Popen[str]) -> bool:
         if line == MEASURING:
-            self._start = (time.monotonic(), cpu_seconds(self._pid))
+            self._start = (time.monotonic(), self._cpu())
         elif line == MEASURED and self._start is not None:
             wall = time.monotonic() - self._start[0]
-            self.share = round((cpu_seconds(self._pid) - self._start[1]) / wall, 3)
+            self.share = round((self._cpu() - self._start[1]) / wall, 3)
         else:
             return False
         return True

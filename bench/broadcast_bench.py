@@ -90,7 +90,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ from _common import (
     raise_open_files_limit,
     ratio_of,
     run_loadgen,
+    running_chatservice,
     running_server,
     stop,
 )
@@ -128,6 +130,9 @@ DEFLATE_TARGET = 0.8
 #: With --redis, two instances' deliveries per server-CPU-second must be at
 #: least this fraction of one embedded instance's.
 REDIS_TARGET = 0.7
+#: --workers N: deliveries per second of server CPU (master, workers, Redis) over one
+#: process's, at least.
+WORKERS_TARGET = 0.85
 #: chatservice's memory per idle joined connection must be at most this, in KiB.
 TARGET_KIB = 10.0
 #: Members per room in the memory phase.
@@ -189,6 +194,7 @@ class Params:
     latency_max: float | None = None
     latency_members: int = 1000
     latency_senders: int = 100
+    workers: int = 0
 
     @property
     def throughput(self) -> bool:
@@ -309,7 +315,26 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         help=f"latency phase: senders, at least; more where a level needs them to "
         f"send at most {LATENCY_SENDER_CAP:g}/s each (default: 100)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="compare chatservice as one process with --workers N on a redis-server started "
+        "here: throughput pinned (per second of server CPU, Redis included) and unpinned "
+        "(raw totals); with --phase latency, the latency of each",
+    )
     args = parser.parse_args(argv)
+    if args.workers and (
+        args.workers < 2
+        or args.only
+        or args.compare_deflate
+        or args.redis
+        or args.phase not in ("throughput", "latency")
+    ):
+        parser.error(
+            "--workers N needs N >= 2, --phase throughput or latency, "
+            "and no --only, --compare-*, --redis"
+        )
     if args.phase == "latency" and (args.only == "reference" or args.compare_deflate or args.redis):
         parser.error(
             "--phase latency measures chatservice alone: no --only reference, --compare-*, --redis"
@@ -350,6 +375,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         latency_max=args.latency_max,
         latency_members=args.latency_members,
         latency_senders=args.latency_senders,
+        workers=args.workers,
     )
 
 
@@ -473,6 +499,24 @@ def throughput_command(
     )
 
 
+@contextmanager
+def serving(
+    name: str, pinning: Pinning, workdir: Path, command: Sequence[str] | None, workers: int
+) -> Iterator[tuple[list[int], int]]:
+    """Server `name` running (see `measure_throughput`): its processes and port."""
+    if workers > 1:
+        with running_chatservice(
+            name, pinning, workdir, "--database", ":memory:", workers=workers
+        ) as service:
+            yield service.all_pids, service.port
+    else:
+        with running_server(name, command or server_command(name), pinning, workdir) as (
+            pid,
+            port,
+        ):
+            yield [pid], port
+
+
 def measure_throughput(
     name: str,
     node: str,
@@ -480,24 +524,24 @@ def measure_throughput(
     pinning: Pinning,
     deflate: float,
     command: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """One throughput run: start server `name` (with `command`, by default `server_command`'s),
-    load it (`deflate`: the share offering it), stop it.
+    """One throughput run: start server `name` (with `command`, by default `server_command`'s;
+    chatservice with `workers` > 1: ``--workers`` on a redis-server), load it (`deflate`: the
+    share offering it), stop it.
 
     Returns:
-        The load generator's result plus ``server_cpu_share`` and
-        ``deliveries_per_server_cpu_s``.
+        The load generator's result plus ``server_cpu_share`` (every process of the
+        server, Redis included) and ``deliveries_per_server_cpu_s``.
     """
-    with (
-        tempfile.TemporaryDirectory(prefix=f"broadcast-bench-{name}-") as tmp,
-        running_server(name, command or server_command(name), pinning, Path(tmp)) as (pid, port),
-    ):
-        window = ServerCpuWindow(pid)
-        result = run_loadgen(
-            throughput_command(node, port, params, pinning, deflate),
-            params.warmup + params.duration + LOADGEN_SLACK,
-            window,
-        )
+    with tempfile.TemporaryDirectory(prefix=f"broadcast-bench-{name}-") as tmp:
+        with serving(name, pinning, Path(tmp), command, workers) as (pids, port):
+            window = ServerCpuWindow(pids)
+            result = run_loadgen(
+                throughput_command(node, port, params, pinning, deflate),
+                params.warmup + params.duration + LOADGEN_SLACK,
+                window,
+            )
     if window.share is None:
         raise BenchError("the load generator never announced its measured window")
     result["loadgen_cpu_share"] = result.pop("cpu_share")
@@ -714,20 +758,23 @@ def measure_latency(
     params: Params,
     pinning: Pinning,
     command: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """One latency level: start chatservice with `command` (by default `server_command`'s),
-    load it (`load_latency`), stop it."""
-    if command is None:
-        command = server_command("chatservice")
+    """One latency level: start chatservice with `command` (by default `server_command`'s;
+    `workers` > 1: ``--workers`` on a redis-server), load it (`load_latency`), stop it."""
     with (
         tempfile.TemporaryDirectory(prefix="broadcast-bench-latency-") as tmp,
-        running_server("chatservice", command, pinning, Path(tmp)) as (pid, port),
+        serving("chatservice", pinning, Path(tmp), command, workers) as (pids, port),
     ):
-        return load_latency(node, [pid], [port], level, params, pinning)
+        return load_latency(node, pids, [port], level, params, pinning)
 
 
 def measure_max_rate(
-    node: str, params: Params, pinning: Pinning, command: Sequence[str] | None = None
+    node: str,
+    params: Params,
+    pinning: Pinning,
+    command: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """chatservice's maximum for the latency room: the best of --rounds throughput runs
     (closed loop, the server saturated) with --latency-members members, --senders of
@@ -746,7 +793,9 @@ def measure_max_rate(
             f"latency: maximum, round {round_number}/{params.rounds}: throughput with "
             f"{params.latency_members} members ({params.warmup:g} s warmup + {params.duration:g} s)"
         )
-        result = measure_throughput("chatservice", node, room, pinning, params.deflate, command)
+        result = measure_throughput(
+            "chatservice", node, room, pinning, params.deflate, command, workers
+        )
         log(
             f"  {result['room_messages_per_s']:.1f} room messages/s, "
             f"errors {result['errors']}, CPU server {result['server_cpu_share']} "
@@ -806,7 +855,11 @@ def latency_notes(name: str, result: dict[str, Any]) -> list[str]:
 
 
 def latency_phase(
-    node: str, params: Params, pinning: Pinning, command: Sequence[str] | None = None
+    node: str,
+    params: Params,
+    pinning: Pinning,
+    command: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """The latency phase: chatservice's delivery latency at a fixed rate and at
     LATENCY_MAX_SHARE of its maximum (measured first, unless --latency-max).
@@ -826,7 +879,7 @@ def latency_phase(
         maximum = params.latency_max
         section["max_source"] = "--latency-max"
     else:
-        max_run = measure_max_rate(node, params, pinning, command)
+        max_run = measure_max_rate(node, params, pinning, command, workers)
         maximum = max_run["room_messages_per_s"]
         section["max_source"] = "measured"
         section["max_run"] = max_run
@@ -843,7 +896,7 @@ def latency_phase(
             f"latency: {level.name}, {level.rate:g} room messages/s from {level.senders} of "
             f"{level.members} members ({params.warmup:g} s warmup + {params.duration:g} s)"
         )
-        result = measure_latency(node, level, params, pinning, command)
+        result = measure_latency(node, level, params, pinning, command, workers)
         result["share_of_max"] = round(level.rate / maximum, 3) if maximum else None
         log(
             f"  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
@@ -857,6 +910,77 @@ def latency_phase(
         results.append(result)
         notes += latency_notes(f"latency {level.name}", result)
     section["meets_target"] = section["levels"]["half_max"]["meets_target"]
+    return section, results, notes
+
+
+def workers_phase(
+    node: str, params: Params, pinning: Pinning
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """``--workers N``: chatservice as one process against N workers on Redis.
+
+    Throughput (--phase throughput) in alternating rounds, pinned (servers and
+    Redis on the server's CPU: deliveries per second of their summed CPU) and
+    unpinned (raw totals, the load generator competing for the same 2 cores);
+    or latency (--phase latency) of each, pinned.
+
+    Returns:
+        The output's ``workers`` section, every run's result (for errors), and notes.
+    """
+    kinds = {"one_process": 1, "workers": params.workers}
+    section: dict[str, Any] = {"workers": params.workers}
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if params.latency:
+        for name, workers in kinds.items():
+            log(f"latency: {name} ({workers})")
+            section[name], more, more_notes = latency_phase(node, params, pinning, workers=workers)
+            results += more
+            notes += [f"{name}: {n}" for n in more_notes]
+        section["meets_target"] = all(section[name]["meets_target"] for name in kinds)
+        return section, results, notes
+    placements = (("pinned", pinning), ("unpinned", Pinning((), (), "none (raw totals)")))
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for round_number in range(1, params.rounds + 1):
+        for placed, how in placements:
+            for name, workers in kinds.items():
+                log(
+                    f"round {round_number}/{params.rounds}: {name} ({workers}), {placed}, "
+                    f"{params.subscribers + params.senders} members"
+                )
+                result = measure_throughput(
+                    "chatservice", node, params, how, params.deflate, workers=workers
+                )
+                log(
+                    f"  {result['deliveries_per_s']:.0f} deliveries/s, "
+                    f"{result['deliveries_per_server_cpu_s']} per server CPU-s, "
+                    f"p50 {result['p50_ms']} ms, errors {result['errors']}, "
+                    f"CPU server {result['server_cpu_share']} "
+                    f"loadgen {result['loadgen_cpu_share']}"
+                )
+                runs.setdefault((placed, name), []).append(result)
+                results.append(result)
+    for placed, field in (
+        ("pinned", "deliveries_per_server_cpu_s"),
+        ("unpinned", "deliveries_per_s"),
+    ):
+        part: dict[str, Any] = {}
+        for name in kinds:
+            mine = runs[(placed, name)]
+            part[name] = {
+                **max(mine, key=lambda r: r[field]),
+                f"runs_{field}": [r[field] for r in mine],
+            }
+        ratio = ratio_of(part, field, "workers", "one_process")
+        part["ratio"] = ratio
+        section[placed] = part
+    ratio = section["pinned"]["ratio"]
+    section.update(
+        ratio_per_server_cpu=ratio,
+        target=WORKERS_TARGET,
+        meets_target=ratio is not None and ratio >= WORKERS_TARGET,
+    )
+    for name in kinds:
+        notes += throughput_notes(f"pinned {name}", section["pinned"][name], params)
     return section, results, notes
 
 
@@ -915,6 +1039,12 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
     }
     notes: list[str] = []
     results: list[dict[str, Any]] = []
+
+    if params.workers:
+        document["params"]["workers"] = params.workers
+        document["workers"], results, notes = workers_phase(node, params, pinning)
+        document["notes"] = notes
+        return document, all(r["errors"] == 0 for r in results)
 
     if params.throughput:
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}

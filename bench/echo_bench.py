@@ -14,7 +14,15 @@ generator on CPU 1.  Rounds alternate reference, chatservice; the best run of
 each counts.  One JSON document goes to stdout, progress to stderr.
 
     .venv/bin/python bench/echo_bench.py [--duration 10] [--connections 50]
-        [--size 32] [--warmup 2] [--rounds 2] [--only ours|reference]
+        [--size 32] [--warmup 2] [--rounds 2] [--only ours|reference] [--workers N]
+
+``--workers N`` measures chatservice alone: one process against ``--workers N``
+(on a redis-server started here), in alternating rounds, first pinned (every
+server process and Redis on CPU 0, the load generator on CPU 1) for echoes per
+second of server CPU, summed over the master, the workers and Redis
+(``workers_ratio_per_server_cpu``, target >= 0.85: the master and the
+sharing cost little), then unpinned for the raw totals (``unpinned``: what N
+workers get out of the machine, with the load generator competing for it).
 
 Exit status 0 whether or not the target is met (a benchmark is never pass or
 fail); 1 if the benchmark could not run, or ran but the load generator saw
@@ -45,6 +53,7 @@ from _common import (
     notes_on,
     ratio_of,
     run_loadgen,
+    running_chatservice,
     running_server,
 )
 
@@ -53,6 +62,10 @@ REFERENCE = BENCH_DIR / "reference_echo.py"
 
 #: chatservice's throughput must be at least this fraction of the reference's.
 TARGET = 0.95
+#: --workers N: echoes per second of server CPU, at least this fraction of one process's.
+WORKERS_TARGET = 0.85
+#: No pinning: the raw totals of --workers.
+UNPINNED = Pinning((), (), "none (raw totals)")
 #: Beyond warmup + duration: connecting (10 s in loadgen.mjs), closing, slack.
 LOADGEN_SLACK = 30.0
 
@@ -70,6 +83,7 @@ class Params:
     size: int
     rounds: int
     only: str | None
+    workers: int
 
 
 def log(message: str) -> None:
@@ -102,7 +116,15 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         help="runs of each server, alternating; the best counts (default: 2)",
     )
     parser.add_argument("--only", choices=sorted(SERVERS), help="run only this server (no ratio)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="compare chatservice as one process with --workers N (N >= 2; no reference)",
+    )
     args = parser.parse_args(argv)
+    if args.workers and (args.workers < 2 or args.only):
+        parser.error("--workers needs N >= 2 and no --only")
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be > 0 and --warmup >= 0")
     if args.connections < 1 or args.size < 1 or args.rounds < 1:
@@ -114,6 +136,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         size=args.size,
         rounds=args.rounds,
         only=args.only,
+        workers=args.workers,
     )
 
 
@@ -125,7 +148,9 @@ def server_command(name: str) -> list[str]:
     return [sys.executable, str(REFERENCE)]
 
 
-def load(node: str, port: int, server_pid: int, params: Params, pinning: Pinning) -> dict[str, Any]:
+def load(
+    node: str, port: int, server_pid: int | list[int], params: Params, pinning: Pinning
+) -> dict[str, Any]:
     """Run the load generator against one server and sample the server's CPU.
 
     The server's CPU time is read when the load generator announces the start
@@ -175,6 +200,70 @@ def measure(name: str, node: str, params: Params, pinning: Pinning) -> dict[str,
         running_server(name, server_command(name), pinning, Path(tmp)) as (pid, port),
     ):
         return load(node, port, pid, params, pinning)
+
+
+def measure_workers(workers: int, node: str, params: Params, pinning: Pinning) -> dict[str, Any]:
+    """One run of chatservice, one process (`workers` 1) or ``--workers`` on Redis."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"echo-bench-workers-{workers}-") as tmp,
+        running_chatservice(f"workers-{workers}", pinning, Path(tmp), workers=workers) as service,
+    ):
+        result = load(node, service.port, service.all_pids, params, pinning)
+    result["processes"] = len(service.all_pids)
+    return result
+
+
+def run_workers(params: Params) -> tuple[dict[str, Any], bool]:
+    """``--workers N``: one process against N workers, pinned and unpinned."""
+    node = ensure_loadgen(log)
+    pinning = choose_pinning()
+    kinds = {"one_process": 1, "workers": params.workers}
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for round_number in range(1, params.rounds + 1):
+        for placed, how in (("pinned", pinning), ("unpinned", UNPINNED)):
+            for name, workers in kinds.items():
+                log(f"round {round_number}/{params.rounds}: {name} ({workers}), {placed}")
+                result = measure_workers(workers, node, params, how)
+                log(
+                    f"  {result['messages_per_s']:.0f} messages/s, "
+                    f"{result['messages_per_server_cpu_s']} per server CPU-s, "
+                    f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+                    f"CPU server {result['server_cpu_share']} loadgen {result['loadgen_cpu_share']}"
+                )
+                runs.setdefault((placed, name), []).append(result)
+
+    def best(placed: str, name: str, field: str) -> dict[str, Any]:
+        results = runs[(placed, name)]
+        top = max(results, key=lambda r: r[field])
+        return {**top, f"runs_{field}": [r[field] for r in results]}
+
+    pinned = {name: best("pinned", name, "messages_per_server_cpu_s") for name in kinds}
+    unpinned = {name: best("unpinned", name, "messages_per_s") for name in kinds}
+    ratio = ratio_of(pinned, "messages_per_server_cpu_s", "workers", "one_process")
+    document: dict[str, Any] = {
+        "bench": "echo-workers",
+        "params": {
+            "duration_s": params.duration,
+            "warmup_s": params.warmup,
+            "connections": params.connections,
+            "size_bytes": params.size,
+            "rounds": params.rounds,
+            "workers": params.workers,
+            "pinning": pinning.description,
+            "versions": environment(node),
+        },
+        **pinned,
+        "workers_ratio_per_server_cpu": ratio,
+        "target": WORKERS_TARGET,
+        "meets_target": ratio is not None and ratio >= WORKERS_TARGET,
+        "unpinned": {
+            **unpinned,
+            "workers_ratio": ratio_of(unpinned, "messages_per_s", "workers", "one_process"),
+        },
+        "notes": [n for name in kinds for n in notes_on(name, pinned[name])],
+    }
+    clean = all(r["errors"] == 0 for rs in runs.values() for r in rs)
+    return document, clean
 
 
 def run(params: Params) -> tuple[dict[str, Any], bool]:
@@ -234,6 +323,8 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its JSON document; the exit status."""
     params = parse_args(argv)
+    if params.workers:
+        return main_of(lambda: run_workers(params), log)
     return main_of(lambda: run(params), log)
 
 
