@@ -84,7 +84,6 @@ import argparse
 import dataclasses
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -115,8 +114,8 @@ from _common import (
     ratio_of,
     run_loadgen,
     running_chatservice,
+    running_redis,
     running_server,
-    stop,
 )
 
 LOADGEN = BENCH_DIR / "broadcast_loadgen.mjs"
@@ -437,35 +436,22 @@ class CpuWindows:
 
 def measure_on_redis(node: str, params: Params, pinning: Pinning, deflate: float) -> dict[str, Any]:
     """One throughput run with the room's members split over two instances on one Redis."""
-    server = shutil.which("redis-server")
-    if server is None:
-        raise BenchError("--redis needs redis-server (apt-get install redis-server)")
-    with tempfile.TemporaryDirectory(prefix="broadcast-bench-redis-") as tmp:
-        redis_port = free_port()
-        redis = subprocess.Popen(
-            [
-                *(*pinning.server, server, "--port", str(redis_port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", tmp),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(0.5)
-            url = f"redis://127.0.0.1:{redis_port}"
-            command = chatservice_command("--database", ":memory:", "--redis", url)
-            with (
-                running_server("instance-1", command, pinning, Path(tmp)) as (pid1, port1),
-                running_server("instance-2", command, pinning, Path(tmp)) as (pid2, port2),
-            ):
-                time.sleep(1.0)  # both connected to Redis
-                windows = CpuWindows({"servers": [pid1, pid2], "redis": [redis.pid]})
-                result = run_loadgen(
-                    throughput_command(node, (port1, port2), params, pinning, deflate),
-                    params.warmup + params.duration + LOADGEN_SLACK,
-                    windows,
-                )
-        finally:
-            stop(redis)
+    with (
+        tempfile.TemporaryDirectory(prefix="broadcast-bench-redis-") as tmp,
+        running_redis(pinning, Path(tmp)) as (redis_pid, url),
+    ):
+        command = chatservice_command("--database", ":memory:", "--redis", url)
+        with (
+            running_server("instance-1", command, pinning, Path(tmp)) as (pid1, port1),
+            running_server("instance-2", command, pinning, Path(tmp)) as (pid2, port2),
+        ):
+            time.sleep(1.0)  # both connected to Redis
+            windows = CpuWindows({"servers": [pid1, pid2], "redis": [redis_pid]})
+            result = run_loadgen(
+                throughput_command(node, (port1, port2), params, pinning, deflate),
+                params.warmup + params.duration + LOADGEN_SLACK,
+                windows,
+            )
     share, redis_share = windows.share("servers"), windows.share("redis")
     if share is None or redis_share is None:
         raise BenchError("the load generator never announced its measured window")

@@ -202,6 +202,19 @@ def measure(name: str, node: str, params: Params, pinning: Pinning) -> dict[str,
         return load(node, port, pid, params, pinning)
 
 
+def params_of(params: Params, pinning: Pinning, node: str) -> dict[str, Any]:
+    """The output's ``params``."""
+    return {
+        "duration_s": params.duration,
+        "warmup_s": params.warmup,
+        "connections": params.connections,
+        "size_bytes": params.size,
+        "rounds": params.rounds,
+        "pinning": pinning.description,
+        "versions": environment(node),
+    }
+
+
 def measure_workers(workers: int, node: str, params: Params, pinning: Pinning) -> dict[str, Any]:
     """One run of chatservice, one process (`workers` 1) or ``--workers`` on Redis."""
     with (
@@ -242,16 +255,7 @@ def run_workers(params: Params) -> tuple[dict[str, Any], bool]:
     ratio = ratio_of(pinned, "messages_per_server_cpu_s", "workers", "one_process")
     document: dict[str, Any] = {
         "bench": "echo-workers",
-        "params": {
-            "duration_s": params.duration,
-            "warmup_s": params.warmup,
-            "connections": params.connections,
-            "size_bytes": params.size,
-            "rounds": params.rounds,
-            "workers": params.workers,
-            "pinning": pinning.description,
-            "versions": environment(node),
-        },
+        "params": {**params_of(params, pinning, node), "workers": params.workers},
         **pinned,
         "workers_ratio_per_server_cpu": ratio,
         "target": WORKERS_TARGET,
@@ -292,15 +296,7 @@ def run(params: Params) -> tuple[dict[str, Any], bool]:
 
     document: dict[str, Any] = {
         "bench": "echo",
-        "params": {
-            "duration_s": params.duration,
-            "warmup_s": params.warmup,
-            "connections": params.connections,
-            "size_bytes": params.size,
-            "rounds": params.rounds,
-            "pinning": pinning.description,
-            "versions": environment(node),
-        },
+        "params": params_of(params, pinning, node),
     }
     notes: list[str] = []
     for name in names:
