@@ -48,6 +48,8 @@ _log = Logger(observer=logs.filtered)
 JOIN_HISTORY = 50
 #: Close code for a policy violation (RFC 6455 7.4.1).
 CLOSE_POLICY = 1008
+#: Close code for an error of ours (a bug).
+CLOSE_INTERNAL_ERROR = 1011
 #: Rooms with more members than this are large (docs/protocol.md, "Large rooms").
 LARGE_ROOM = 500
 #: Seconds between two ``chat-presence`` events of a large room, at least.
@@ -112,11 +114,15 @@ def iso_time(seconds: float) -> str:
 class Session:
     """The hub's state of one connection."""
 
-    __slots__ = ("bucket", "flood", "member", "name", "rooms")
+    __slots__ = ("bucket", "busy", "flood", "member", "name", "queued", "rooms")
 
     def __init__(self, member: Member, bucket: TokenBucket, flood: FloodGuard) -> None:
         self.member = member
         self.name: str | None = None
+        #: Whether a join or rename waits for the backplane; commands that come
+        #: meanwhile wait in `queued`, so they are carried out in order.
+        self.busy = False
+        self.queued: list[Command] = []
         #: Joined rooms, in join order: the last is the current room.
         self.rooms: dict[str, None] = {}
         self.bucket = bucket
@@ -344,27 +350,62 @@ class Hub:
     # Commands.
 
     def handle(self, session: Session, command: Command) -> None:
-        """Carry out a client's command.
+        """Carry out a client's command, in order with those before it.
+
+        A join or rename may wait for the backplane (Redis: a round trip or
+        more); what the client sends meanwhile (a message to the room it is
+        joining, typically) waits for it, as it would have found it done in one
+        process.
 
         Raises:
             ProtocolError: The command cannot be carried out; tell the client.
         """
+        if session.busy:
+            session.queued.append(command)
+            return
+        waiting = self._carry_out(session, command)
+        if waiting is not None:
+            # (Done already, it calls _done at once.)
+            session.busy = True
+            waiting.addBoth(self._done, session)
+
+    def _done(self, result: object, session: Session) -> None:
+        """A join or rename is done: carry out what came meanwhile, in order."""
+        session.busy = False
+        member = session.member
+        while session.queued and not session.busy:
+            if self.sessions.get(member) is not session:
+                session.queued.clear()
+                return
+            command = session.queued.pop(0)
+            try:
+                self.handle(session, command)
+            except ProtocolError as error:
+                member.send_event(error.event())
+            except Exception:
+                _log.failure("conn={conn_id} error handling a frame", conn_id=member.conn_id)
+                self.close(member, CLOSE_INTERNAL_ERROR, "Internal Server Error")
+                return
+
+    def _carry_out(self, session: Session, command: Command) -> Deferred[None] | None:
+        """`handle` a command; a Deferred if it is not done yet."""
         if isinstance(command, Say):
             self._say(session, command)
         elif isinstance(command, Join):
-            self._join(session, command)
+            return self._join(session, command)
         elif isinstance(command, Typing):
             self._typing(session, command)
         elif isinstance(command, Leave):
             room = self._joined_room(session, command.room, "chat-leave")
             self._leave(session, room, tell_leaver=True)
         elif isinstance(command, Nick):
-            self._nick(session, command.username)
+            return self._nick(session, command.username)
         elif isinstance(command, Users):
             room = self._joined_room(session, command.room, "chat-users")
             session.member.send_event(("chat-users", self._users(self.rooms[room], command.after)))
         elif isinstance(command, Help):
             session.member.send_event(("chat-info", {"message": TEXT_HELP}))
+        return None
 
     def notice(self, message: str) -> int:
         """A server-wide announcement to every connection, on every instance.
@@ -429,8 +470,14 @@ class Hub:
 
         return self.backplane.claim(username, member.conn_id).addCallbacks(answered, refused)
 
-    def _then(self, d: Deferred[None], session: Session, go: Callable[[], None]) -> None:
-        """Go on with a command once `d` fired; tell the client if it failed."""
+    def _then(
+        self, d: Deferred[None], session: Session, go: Callable[[], Deferred[None] | None]
+    ) -> Deferred[None]:
+        """Go on with a command once `d` fired; tell the client if it failed.
+
+        Returns:
+            `d`, fired once `go` (and what it waits for) is done.
+        """
 
         def failed(failure: Failure) -> None:
             error = failure.value if failure.check(ProtocolError) else None
@@ -444,19 +491,20 @@ class Hub:
 
         d.addCallback(lambda _: go() if self.sessions.get(session.member) is session else None)
         d.addErrback(failed)
+        return d
 
-    def _join(self, session: Session, command: Join) -> None:
+    def _join(self, session: Session, command: Join) -> Deferred[None] | None:
         if session.name is None:
             if command.username is None:
                 raise ProtocolError(
                     "bad-username", "the first chat-join needs a username", "chat-join"
                 )
             claimed = self._claim(session, command.username, "chat-join")
-            self._then(claimed, session, lambda: self._enter(session, command))
-        else:
-            self._enter(session, command)
+            return self._then(claimed, session, lambda: self._enter(session, command))
+        return self._enter(session, command)
 
-    def _enter(self, session: Session, command: Join) -> None:
+    def _enter(self, session: Session, command: Join) -> Deferred[None] | None:
+        """Join a room; a Deferred until its history is sent (None if at once)."""
         name = command.room
         room = self.rooms.get(name)
         if room is None:
@@ -469,7 +517,7 @@ class Hub:
         session.rooms.pop(name, None)
         session.rooms[name] = None  # now the current room
         if session in room.joining:
-            return  # its first join is on the way
+            return None  # its first join is on the way
         if not already:
             room.joining[session] = []
         # The history up to the room's last message here; what comes after
@@ -483,6 +531,7 @@ class Hub:
             callbackArgs=(session, room, already),
             errbackArgs=(session, room, already),
         )
+        return d  # type: ignore[return-value]  # (fires with None: _joined's)
 
     def _watching(self, watched: Watched, room: Room) -> None:
         if room.last is None or room.last < watched.position:
@@ -701,15 +750,14 @@ class Hub:
         assert session.name is not None  # joined, so named
         self.backplane.typing(name, session.member.conn_id, session.name)
 
-    def _nick(self, session: Session, username: str) -> None:
+    def _nick(self, session: Session, username: str) -> Deferred[None] | None:
         old = session.name
         if old == username:
-            return
+            return None
         claimed = self._claim(session, username, "chat-nick")
         if old is None:
-            self._then(claimed, session, lambda: None)  # named before any join
-        else:
-            self._then(claimed, session, lambda: self._renamed(session, old, username))
+            return self._then(claimed, session, lambda: None)  # named before any join
+        return self._then(claimed, session, lambda: self._renamed(session, old, username))
 
     def _renamed(self, session: Session, old: str, username: str) -> None:
         rooms = list(session.rooms)

@@ -405,3 +405,35 @@ def test_joiners_waiting_for_the_same_history_share_one_read(
     for client in joiners:
         (got,) = client.got("chat-history")
         assert [m["message"] for m in got["messages"]] == ["hello"]
+
+
+def test_what_a_client_sends_while_its_join_is_on_the_way_waits_for_it(
+    history: History, clock: Clock, prepare: Prepare
+) -> None:
+    """With a backplane a round trip away (Redis), a message right after a join
+    is carried out once the join is done, as in one process, not refused."""
+    backplane = LateReads(history)
+    hub = Hub(backplane, clock, prepare, server="s")
+    alice = Client(1)
+    session = hub.connect(alice)
+    hub.handle(session, Join(room="lobby", username="alice"))
+    hub.handle(session, Say("right away"))
+    hub.handle(session, Say("to nowhere", room="elsewhere"))
+    hub.handle(session, Say("and again"))
+    assert [k for k, _ in alice.seen()] == ["chat-welcome"]
+    backplane.answer()
+    assert [k for k, _ in alice.seen()] == [
+        "chat-welcome",
+        "chat-history",
+        "chat-users",
+        "chat-join",
+        "chat-message",
+        "chat-error",
+        "chat-message",
+    ]
+    assert [m["message"] for m in alice.got("chat-message")] == ["right away", "and again"]
+    (error,) = alice.got("chat-error")
+    assert error["code"] == "not-joined"
+    # Once done, commands are carried out at once again.
+    hub.handle(session, Say("now"))
+    assert alice.got("chat-message")[-1]["message"] == "now"
