@@ -34,6 +34,9 @@ class Config:
         auto_ping_timeout: Seconds to wait for the pong before closing.
         allowed_origins: ``--allowed-origin`` patterns for ``/chat`` (besides
             same-host origins and clients that send none).
+        trusted_proxies: ``--trusted-proxy`` networks: only from these peers is
+            ``X-Forwarded-For`` (or ``Forwarded``) believed, for the
+            per-address limit and the logs.
         history: Messages kept per room.
         database: SQLite file of the history; ``:memory:`` keeps nothing.
         chat_max_message_size: Largest ``/chat`` frame or message, in bytes,
@@ -73,6 +76,7 @@ class Config:
     auto_ping_interval: float = 30.0
     auto_ping_timeout: float = 30.0
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     history: int = 100
     database: str = "chatservice.sqlite3"
     chat_max_message_size: int = 64 * 1024

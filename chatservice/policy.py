@@ -5,6 +5,7 @@ Time comes from an injected ``seconds()`` so tests drive it with a Clock.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -224,3 +225,78 @@ def _same_host_port(scheme: str, origin_host: str, origin_port: int, host_header
     # A Host header without a port means the default port (of the page's scheme:
     # an https page talks wss to 443, an http page ws to 80).
     return (port if port is not None else _DEFAULT_PORTS[scheme]) == origin_port
+
+
+class TrustedProxies:
+    """Whose word on the client's address is believed (``--trusted-proxy``).
+
+    Behind a reverse proxy every connection comes from the proxy; the proxy
+    says who the client is in ``X-Forwarded-For`` (or RFC 7239 ``Forwarded``).
+    Anybody can send those headers, so they are believed only from a peer in
+    one of the trusted networks; the client is then the nearest address in the
+    chain (from the right) that is not a trusted proxy itself.
+
+    Args:
+        networks: CIDRs (``10.0.0.0/8``, ``127.0.0.1``, ``::1/128``).
+
+    Raises:
+        ValueError: One is not a network.
+    """
+
+    def __init__(self, networks: Iterable[str] = ()) -> None:
+        self._networks = tuple(ipaddress.ip_network(n.strip(), strict=False) for n in networks)
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def client(self, peer: str, x_forwarded_for: str | None, forwarded: str | None) -> str:
+        """The client's address: `peer`, or what a trusted `peer` says it is.
+
+        A header that is not a list of addresses is ignored (then `peer`).
+        """
+        if not self._networks or not self.trusts(peer):
+            return peer
+        if forwarded:
+            chain = _forwarded_for(forwarded)
+        elif x_forwarded_for:
+            chain = [_bare_address(part) for part in x_forwarded_for.split(",")]
+        else:
+            return peer
+        if not chain or None in chain:
+            return peer
+        for address in reversed(chain):
+            assert address is not None
+            if not self.trusts(address):
+                return address
+        return chain[0] or peer
+
+
+def _forwarded_for(value: str) -> list[str | None]:
+    """The ``for=`` addresses of a ``Forwarded`` header, in order."""
+    found: list[str | None] = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, _, token = pair.strip().partition("=")
+            if name.strip().lower() == "for":
+                found.append(_bare_address(token))
+    return found
+
+
+def _bare_address(token: str) -> str | None:
+    """An IP address from ``1.2.3.4``, ``1.2.3.4:80``, ``"[2001:db8::1]:80"``; None if not one."""
+    token = token.strip().strip('"')
+    if token.startswith("["):
+        token = token[1 : token.find("]")] if "]" in token else ""
+    elif token.count(":") == 1:
+        token = token.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(token))
+    except ValueError:
+        return None

@@ -53,7 +53,7 @@ from chatservice.metrics import (
     REJECT_SUBPROTOCOL,
     Counters,
 )
-from chatservice.policy import Limits, OriginPolicy
+from chatservice.policy import Limits, OriginPolicy, TrustedProxies
 
 # Autobahn's protocol classes own `self.log`; ours is module level.
 _log = Logger(observer=logs.filtered)
@@ -315,6 +315,15 @@ class ServerProtocol(WebSocketServerProtocol):
         peer = self.transport.getPeer() if self.transport else None
         # IP connections count per host; a Unix socket's peers all count as one.
         address = str(getattr(peer, "host", None) or "local")
+        proxies = self.factory.proxies
+        if proxies:
+            headers = request.headers
+            client = proxies.client(
+                address, headers.get("x-forwarded-for"), headers.get("forwarded")
+            )
+            if client != address:
+                self.peer = f"{client} via {self.peer}"
+                address = client
         refused = self.factory.limits.acquire(address)
         if refused is not None:
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, refused)
@@ -470,6 +479,7 @@ class EndpointFactory(WebSocketServerFactory):
         #: This endpoint's open connections (closed with 1001 at shutdown).
         self.open_connections: set[ServerProtocol] = set()
         self.origins = OriginPolicy(config.allowed_origins)
+        self.proxies = TrustedProxies(config.trusted_proxies)
         self.log_messages = config.log_level == "debug"
         self.setProtocolOptions(
             # Send a close frame (and so what we had queued before it) when

@@ -15,7 +15,7 @@ from twisted.python import usage
 from chatservice.config import BUNDLED_STATIC, LOG_LEVELS, Config
 from chatservice.listening import StartupError
 from chatservice.master import Master
-from chatservice.policy import parse_origin_pattern
+from chatservice.policy import TrustedProxies, parse_origin_pattern
 from chatservice.redis_backplane import parse_redis_url
 from chatservice.service import ChatService
 from chatservice.worker import WORKER_ENV, WorkerLink
@@ -152,6 +152,21 @@ def workers(value: str) -> int:
     return int(number("workers", value.strip(), int, 1))
 
 
+def proxy_network(value: str) -> str:
+    """Check a ``--trusted-proxy`` network.
+
+    Raises:
+        usage.UsageError: It is not an address or a CIDR.
+    """
+    try:
+        TrustedProxies([value])
+    except ValueError:
+        raise usage.UsageError(
+            f"--trusted-proxy {value!r}: not an address or network (10.0.0.0/8, ::1)"
+        ) from None
+    return value.strip()
+
+
 def origin_pattern(value: str) -> str:
     """Check an ``--allowed-origin`` pattern.
 
@@ -264,6 +279,11 @@ class Options(usage.Options):
         super().__init__()
         self["port"] = []
         self["allowed-origin"] = []
+        self["trusted-proxy"] = []
+
+    def opt_trusted_proxy(self, value: str) -> None:
+        """A reverse proxy whose X-Forwarded-For (or Forwarded) header is believed: an address or network (127.0.0.1, 10.0.0.0/8); repeatable. From any other peer the header is ignored."""  # noqa: E501
+        self["trusted-proxy"].append(proxy_network(value))
 
     def opt_allowed_origin(self, value: str) -> None:
         """A browser origin allowed on /chat besides the server's own (repeatable): https://chat.example.com, https://*.example.com (subdomains), http://localhost:* (any port), or * (any)."""  # noqa: E501
@@ -318,7 +338,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"--config {path!r}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise usage.UsageError(f"--config {path!r}: not valid TOML: {e}") from None
-        lists = {"port": endpoint_description, "allowed-origin": origin_pattern}
+        lists = {
+            "port": endpoint_description,
+            "allowed-origin": origin_pattern,
+            "trusted-proxy": proxy_network,
+        }
         scalars = {name for name, *_ in self.optParameters} - {"config"}
         for key, value in table.items():
             if key not in lists and key not in scalars:
@@ -366,6 +390,7 @@ class Options(usage.Options):
             static_dir=static,
             log_level=log_level(self["log-level"]),
             allowed_origins=tuple(self["allowed-origin"]),
+            trusted_proxies=tuple(self["trusted-proxy"]),
             database=database_path(self["database"]),
             motd=self["motd"],
             redis=redis_url(self["redis"]) if self["redis"] else "",

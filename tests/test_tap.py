@@ -56,8 +56,11 @@ def test_chat_options_reach_the_config(tmp_path: Path) -> None:
         "--motd", "hello",
         "--large-room", "2000",
         "--presence-interval", "1.5",
+        "--trusted-proxy", "127.0.0.1",
+        "--trusted-proxy", "10.0.0.0/8",
     ).config  # fmt: skip
     assert config.allowed_origins == ("https://*.example.com", "http://localhost:*")
+    assert config.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
     assert (config.history, config.database) == (0, str(tmp_path / "h.sqlite3"))
     assert (config.chat_max_message_size, config.max_text_length) == (1024, 140)
     assert (config.rate, config.burst) == (2.5, 5)
@@ -115,6 +118,7 @@ def test_static_dir_is_taken(tmp_path: Path) -> None:
         (["--max-connections", "1.5"], "must be a whole number"),
         (["--database", "/nonexistent/dir/chat.sqlite3"], "does not exist"),
         (["--allowed-origin", "chat.example.com"], "not an origin"),
+        (["--trusted-proxy", "10.0.0.0/33"], "--trusted-proxy '10.0.0.0/33': not an address"),
         (["--chat-compression", "maybe"], "--chat-compression 'maybe': must be on or off"),
         (["--large-room", "0"], "--large-room '0': must be at least 1"),
         (["--presence-interval", "0"], "--presence-interval '0': must be at least 0.01"),
