@@ -15,6 +15,9 @@ MiB = 1024 * 1024
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
+#: The values of ``--auth``.
+AUTH_MODES = ("off", "optional", "required")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -66,6 +69,22 @@ class Config:
         admin_token: The HTTP API's bearer token.
         admin_token_generated: Whether `admin_token` was made up at start
             (then it is logged once, so the API is never open by accident).
+        auth: ``off`` (no tokens, every room public), ``optional`` (a client
+            may prove who it is with a signed token) or ``required``.
+        auth_secret: HS256 secret of the tokens ("" for none); also signs
+            the tokens of ``POST /api/tokens``.
+        auth_public_key: Path of a PEM public key or JWKS file that checks
+            RS/ES/EdDSA tokens ("" for none); read by
+            `chatservice.identity.AuthPolicy.from_config`.
+        auth_audience: The ``aud`` a token must name ("" to check none).
+        auth_issuer: The ``iss`` a token must have ("" to check none).
+        auth_leeway: Seconds of clock difference allowed for ``exp`` and ``nbf``.
+        auth_timeout: With ``required``: seconds a connection may stay
+            unauthenticated before it is closed with 1008.
+        auth_refresh_url: Told to clients in the welcome: where the web
+            client gets a fresh token ("" for nowhere).
+        private_rooms: ``--private-room`` glob patterns: rooms only users
+            whose token grants them may enter.
     """
 
     ports: tuple[str, ...] = ("tcp:8080",)
@@ -96,6 +115,15 @@ class Config:
     shutdown_timeout: float = 5.0
     admin_token: str = ""
     admin_token_generated: bool = False
+    auth: str = "off"
+    auth_secret: str = ""
+    auth_public_key: str = ""
+    auth_audience: str = ""
+    auth_issuer: str = ""
+    auth_leeway: float = 10.0
+    auth_timeout: float = 5.0
+    auth_refresh_url: str = ""
+    private_rooms: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -127,3 +155,13 @@ class Config:
             raise ValueError("presence-interval must be at least 0.01 seconds")
         if self.history < 0:
             raise ValueError("history must not be negative")
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        if self.auth != "off" and not (self.auth_secret or self.auth_public_key):
+            raise ValueError(f"auth {self.auth} needs an auth-secret or an auth-public-key")
+        if self.private_rooms and self.auth == "off":
+            raise ValueError("private-room needs auth optional or required")
+        if self.auth_leeway < 0:
+            raise ValueError("auth-leeway must not be negative")
+        if self.auth_timeout <= 0:
+            raise ValueError("auth-timeout must be positive")

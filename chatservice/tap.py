@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from chatservice.config import BUNDLED_STATIC, LOG_LEVELS, Config
+from chatservice.config import AUTH_MODES, BUNDLED_STATIC, LOG_LEVELS, Config
+from chatservice.identity import Verifier
 from chatservice.listening import StartupError
 from chatservice.master import Master
 from chatservice.policy import TrustedProxies, parse_origin_pattern
@@ -180,6 +183,89 @@ def origin_pattern(value: str) -> str:
     return value.strip()
 
 
+def auth_mode(value: str) -> str:
+    """Check an ``--auth`` value.
+
+    Raises:
+        usage.UsageError: It is not off, optional or required.
+    """
+    mode = value.strip().lower()
+    if mode not in AUTH_MODES:
+        raise usage.UsageError(f"--auth {value!r}: must be one of {', '.join(AUTH_MODES)}")
+    return mode
+
+
+def public_key_file(value: str) -> str:
+    """Check an ``--auth-public-key`` file: a PEM public key or a JWKS.
+
+    Returns:
+        Its absolute path (`chatservice.identity.AuthPolicy` reads it again).
+
+    Raises:
+        usage.UsageError: It cannot be read or holds no usable public key.
+    """
+    path = Path(value).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise usage.UsageError(f"--auth-public-key {value!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        text = ""
+    try:
+        Verifier(public_key=text)
+    except ValueError as e:
+        reason = str(e) if text else "not a PEM public key or a JWKS file"
+        raise usage.UsageError(f"--auth-public-key {value!r}: {reason}") from None
+    return str(path.resolve())
+
+
+#: Room names (chatservice.messages.check_room) with glob characters.
+_ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,64}")
+
+
+def room_pattern(value: str) -> str:
+    """Check a ``--private-room`` pattern.
+
+    Raises:
+        usage.UsageError: It has characters no room name has, besides ``*?[]!``.
+    """
+    pattern = value.strip()
+    if not _ROOM_PATTERN.fullmatch(pattern):
+        raise usage.UsageError(
+            f"--private-room {value!r}: not a room name pattern "
+            "(letters, digits, '-_.' and the wildcards * ? [...])"
+        )
+    return pattern
+
+
+def refresh_url(value: str) -> str:
+    """Check an ``--auth-refresh-url``: an http(s) URL or a path on this site.
+
+    Raises:
+        usage.UsageError: Neither.
+    """
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or any(c.isspace() for c in url)
+        or not (
+            (parts.scheme in ("http", "https") and parts.netloc)
+            or (not parts.scheme and not parts.netloc and url.startswith("/"))
+        )
+    ):
+        raise usage.UsageError(
+            f"--auth-refresh-url {value!r}: must be an http(s) URL or a path starting with /"
+        )
+    return url
+
+
+#: Options that mean nothing with ``--auth off``.
+_AUTH_ONLY = ("auth-secret", "auth-public-key", "auth-audience", "auth-issuer", "auth-refresh-url")
+
 #: Numeric options: name, Config field, type, minimum, help.
 _NUMBERS: list[tuple[str, str, type[int] | type[float], float, str]] = [
     ("history", "history", int, 0, "Messages kept per room (SQLite)."),
@@ -203,6 +289,11 @@ _NUMBERS: list[tuple[str, str, type[int] | type[float], float, str]] = [
      "(killed, lost) is taken for dead and its members leave."),
     ("shutdown-timeout", "shutdown_timeout", float, 0,
      "Seconds to wait at shutdown (SIGTERM, SIGINT) for clients to finish closing."),
+    ("auth-leeway", "auth_leeway", float, 0,
+     "Seconds of clock difference allowed for a token's exp and nbf."),
+    ("auth-timeout", "auth_timeout", float, 0.1,
+     "With --auth required: seconds a connection may stay unauthenticated before "
+     "it is closed (1008)."),
 ]  # fmt: skip
 
 
@@ -271,6 +362,37 @@ class Options(usage.Options):
             "Bearer token of the HTTP API (default: $CHATSERVICE_ADMIN_TOKEN, "
             "else a random one, logged at start).",
         ],
+        [
+            "auth",
+            None,
+            "off",
+            "Signed tokens (JWT) saying who a client is: off, optional, or required "
+            "(every /chat connection must send one). optional and required need "
+            "--auth-secret or --auth-public-key.",
+        ],
+        [
+            "auth-secret",
+            None,
+            None,
+            "HS256 secret of the tokens, which also lets POST /api/tokens sign them "
+            "(default: $CHATSERVICE_AUTH_SECRET).",
+        ],
+        [
+            "auth-public-key",
+            None,
+            None,
+            "A PEM public key (RSA: RS256/384/512, EC: ES256/384/512, Ed25519: EdDSA) or "
+            "a JWKS file whose keys a token's kid picks; checks tokens signed elsewhere.",
+        ],
+        ["auth-audience", None, None, "The aud a token must name."],
+        ["auth-issuer", None, None, "The iss a token must have."],
+        [
+            "auth-refresh-url",
+            None,
+            None,
+            "Told to clients: where the web client gets a fresh token before its "
+            'token expires (GET with credentials, answering {"token": ...}).',
+        ],
     ] + [[name, None, str(getattr(_DEFAULTS, field)), help] for name, field, _, _, help in _NUMBERS]
 
     _given: set[str] = set()
@@ -280,6 +402,11 @@ class Options(usage.Options):
         self["port"] = []
         self["allowed-origin"] = []
         self["trusted-proxy"] = []
+        self["private-room"] = []
+
+    def opt_private_room(self, value: str) -> None:
+        """A room only users whose token grants it may enter: a name or a glob pattern (team-*); repeatable. Needs --auth optional or required."""  # noqa: E501
+        self["private-room"].append(room_pattern(value))
 
     def opt_trusted_proxy(self, value: str) -> None:
         """A reverse proxy whose X-Forwarded-For (or Forwarded) header is believed: an address or network (127.0.0.1, 10.0.0.0/8); repeatable. From any other peer the header is ignored."""  # noqa: E501
@@ -342,6 +469,7 @@ class Options(usage.Options):
             "port": endpoint_description,
             "allowed-origin": origin_pattern,
             "trusted-proxy": proxy_network,
+            "private-room": room_pattern,
         }
         scalars = {name for name, *_ in self.optParameters} - {"config"}
         for key, value in table.items():
@@ -379,6 +507,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--workers {self['workers']}: needs --redis (the workers share rooms through it)"
             )
+        auth = self._auth_settings()
         token = self["admin-token"] or os.environ.get("CHATSERVICE_ADMIN_TOKEN", "")
         generated = not token
         if generated:
@@ -396,8 +525,41 @@ class Options(usage.Options):
             redis=redis_url(self["redis"]) if self["redis"] else "",
             chat_compression=switch("chat-compression", self["chat-compression"]),
             workers=worker_count,
+            **auth,
             **numbers,
         )
+
+    def _auth_settings(self) -> dict[str, Any]:
+        """The ``--auth*`` and ``--private-room`` options, as Config fields.
+
+        Raises:
+            usage.UsageError: A bad value, or options that do not go together.
+        """
+        mode = auth_mode(self["auth"])
+        if mode == "off":
+            for name in _AUTH_ONLY:
+                if self[name]:
+                    raise usage.UsageError(f"--{name}: needs --auth optional or required")
+            if self["private-room"]:
+                raise usage.UsageError("--private-room: needs --auth optional or required")
+        secret = self["auth-secret"] or os.environ.get("CHATSERVICE_AUTH_SECRET", "")
+        public_key = public_key_file(self["auth-public-key"]) if self["auth-public-key"] else ""
+        if mode != "off" and not (secret or public_key):
+            raise usage.UsageError(
+                f"--auth {mode}: needs --auth-secret (or $CHATSERVICE_AUTH_SECRET) "
+                "or --auth-public-key"
+            )
+        return {
+            "auth": mode,
+            "auth_secret": secret,
+            "auth_public_key": public_key,
+            "auth_audience": self["auth-audience"] or "",
+            "auth_issuer": self["auth-issuer"] or "",
+            "auth_refresh_url": refresh_url(self["auth-refresh-url"])
+            if self["auth-refresh-url"]
+            else "",
+            "private_rooms": tuple(self["private-room"]),
+        }
 
 
 def _one_line_startup_errors() -> None:

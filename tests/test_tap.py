@@ -137,6 +137,177 @@ def test_bad_values_give_one_line_and_exit_2(
     assert expected in err
 
 
+# --auth and friends (issue 12).
+
+
+def rsa_public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def test_auth_defaults_to_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHATSERVICE_AUTH_SECRET", raising=False)
+    config = parse().config
+    assert (config.auth, config.auth_secret, config.auth_public_key) == ("off", "", "")
+    assert (config.auth_audience, config.auth_issuer, config.auth_refresh_url) == ("", "", "")
+    assert (config.auth_leeway, config.auth_timeout, config.private_rooms) == (10.0, 5.0, ())
+
+
+def test_auth_options_reach_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHATSERVICE_AUTH_SECRET", raising=False)
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(rsa_public_pem())
+    config = parse(
+        "--auth", "required",
+        "--auth-secret", "s3cret",
+        "--auth-public-key", str(key_file),
+        "--auth-audience", "chat",
+        "--auth-issuer", "https://id.example.com",
+        "--auth-leeway", "0",
+        "--auth-timeout", "2.5",
+        "--auth-refresh-url", "https://id.example.com/token",
+        "--private-room", "ops",
+        "--private-room", "team-*",
+    ).config  # fmt: skip
+    assert (config.auth, config.auth_secret) == ("required", "s3cret")
+    assert config.auth_public_key == str(key_file.resolve())
+    assert (config.auth_audience, config.auth_issuer) == ("chat", "https://id.example.com")
+    assert (config.auth_leeway, config.auth_timeout) == (0, 2.5)
+    assert config.auth_refresh_url == "https://id.example.com/token"
+    assert config.private_rooms == ("ops", "team-*")
+
+
+def test_a_jwks_file_and_the_secret_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jwks = tmp_path / "keys.json"
+    jwks.write_text(
+        '{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",'
+        ' "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
+    )
+    assert parse("--auth", "optional", "--auth-public-key", str(jwks)).config.auth_public_key
+    monkeypatch.setenv("CHATSERVICE_AUTH_SECRET", "from-env")
+    config = parse("--auth", "optional").config
+    assert (config.auth, config.auth_secret) == ("optional", "from-env")
+    assert parse("--auth", "optional", "--auth-secret", "mine").config.auth_secret == "mine"
+    # The environment's secret alone does not turn anything on.
+    assert parse().config.auth == "off"
+
+
+def test_auth_options_in_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHATSERVICE_AUTH_SECRET", raising=False)
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text(
+        'auth = "optional"\n'
+        'auth-secret = "s3cret"\n'
+        "auth-leeway = 30\n"
+        'private-room = ["ops", "team-*"]\n'
+    )
+    config = parse("-c", str(config_file)).config
+    assert (config.auth, config.auth_secret, config.auth_leeway) == ("optional", "s3cret", 30)
+    assert config.private_rooms == ("ops", "team-*")
+    config_file.write_text('auth = "optional"\nauth-secret = "s3cret"\nprivate-room = "ops"\n')
+    assert parse("-c", str(config_file)).config.private_rooms == ("ops",)
+    assert parse("-c", str(config_file), "--private-room", "x").config.private_rooms == ("x",)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--auth", "maybe"], "--auth 'maybe': must be one of off, optional, required"),
+        (["--auth", "required"], "--auth required: needs --auth-secret"),
+        (["--auth", "optional"], "--auth optional: needs --auth-secret"),
+        (["--private-room", "ops"], "--private-room: needs --auth optional or required"),
+        (["--auth-secret", "s"], "--auth-secret: needs --auth optional or required"),
+        (["--auth-audience", "chat"], "--auth-audience: needs --auth optional or required"),
+        (
+            ["--auth", "optional", "--auth-secret", "s", "--private-room", "a b"],
+            "--private-room 'a b': not a room name pattern",
+        ),
+        (
+            ["--auth", "optional", "--auth-public-key", "/nonexistent/key.pem"],
+            "--auth-public-key '/nonexistent/key.pem': No such file or directory",
+        ),
+        (
+            ["--auth", "optional", "--auth-public-key", "/etc"],
+            "--auth-public-key '/etc': Is a directory",
+        ),
+        (
+            ["--auth", "optional", "--auth-secret", "s", "--auth-leeway", "-1"],
+            "--auth-leeway '-1': must be at least 0",
+        ),
+        (
+            ["--auth", "optional", "--auth-secret", "s", "--auth-timeout", "0"],
+            "--auth-timeout '0': must be at least 0.1",
+        ),
+        (
+            ["--auth", "optional", "--auth-secret", "s", "--auth-refresh-url", "token"],
+            "--auth-refresh-url 'token': must be an http(s) URL or a path starting with /",
+        ),
+        (
+            ["--auth", "optional", "--auth-secret", "s", "--auth-refresh-url", "ftp://x/t"],
+            "--auth-refresh-url 'ftp://x/t': must be an http(s) URL",
+        ),
+    ],
+)
+def test_bad_auth_options_give_one_line_and_exit_2(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.delenv("CHATSERVICE_AUTH_SECRET", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        parse(*args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("twistd chatservice: error: ")
+    assert expected in err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"hello", "not a PEM public key or a JWKS file"),
+        (b"", "not a PEM public key or a JWKS file"),
+        (b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+         "not a PEM public key or a JWKS file"),
+        (b'{"keys": []}', "not a PEM public key or a JWKS file"),
+        (b'{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]}',
+         "JWKS key 's' is not a public key"),
+        (b"\xff\xfe not text", "not a PEM public key or a JWKS file"),
+    ],
+)  # fmt: skip
+def test_bad_public_key_files_give_one_line(
+    tmp_path: Path, content: bytes, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = tmp_path / "x.pem"
+    key_file.write_bytes(content)
+    with pytest.raises(SystemExit) as exited:
+        parse("--auth", "required", "--auth-public-key", str(key_file))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--auth-public-key {str(key_file)!r}: {expected}" in err
+
+
+def test_bad_private_room_in_the_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = tmp_path / "chat.toml"
+    config_file.write_text('auth = "optional"\nauth-secret = "s"\nprivate-room = [1.5]\n')
+    with pytest.raises(SystemExit):
+        parse("-c", str(config_file))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "private-room must be a list of strings" in err
+
+
 # The installed plugin, run as users run it.
 
 
