@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -46,10 +46,12 @@ class Presence:
 
     Attributes:
         kind: ``join``, ``leave``, ``nick`` (`name` is the new name, `old` the
-            old one, `rooms` all of its rooms, in its order), ``typing``, or
+            old one, `rooms` all of its rooms, in its order), ``typing``,
             ``members``: `members` is everybody elsewhere in the room now
-            (after a watch or a reconnect; compare with what you knew).
+            (after a watch or a reconnect; compare with what you knew), or
+            ``delete``: message `id` was removed from the room by `name`.
         member: Who, over all instances (``<instance>:<connection>``).
+        user: The member's user id, if it is an identified user.
     """
 
     kind: str
@@ -59,6 +61,8 @@ class Presence:
     old: str = ""
     rooms: tuple[str, ...] = ()
     members: dict[str, str] | None = None
+    id: int = 0
+    user: str = ""
 
 
 #: What a backplane hands presence events of watched rooms to.
@@ -67,10 +71,14 @@ PresenceListener = Callable[[Presence], None]
 
 @dataclass(frozen=True, slots=True)
 class Watched:
-    """A room being watched from `position` on, and its members elsewhere then."""
+    """A room being watched from `position` on, and its members elsewhere then.
+
+    `users` has the user ids of those that are identified users.
+    """
 
     position: int
     members: dict[str, str] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)
 
 
 class Unavailable(Exception):
@@ -89,8 +97,13 @@ class Backplane(Protocol):
     def problem(self) -> str | None:
         """Why the backplane cannot work now (for /healthz), or None."""
 
-    def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
+    def store(
+        self, room: str, username: str, message: str, time: str, user: str | None = None
+    ) -> Deferred[StoredMessage]:
         """Number, keep and pass on a message; fires once it is kept."""
+
+    def delete(self, room: str, message_id: int, by: str) -> Deferred[bool]:
+        """Remove a kept message (True if it was kept); other instances hear a ``delete``."""
 
     def watch(self, room: str) -> Deferred[Watched]:
         """Pass on `room`'s messages and presence from now on; fires with the position."""
@@ -115,13 +128,20 @@ class Backplane(Protocol):
     def rooms(self) -> Deferred[list[str]]:
         """The rooms that have kept messages, sorted."""
 
-    def claim(self, name: str, conn_id: int) -> Deferred[bool]:
-        """Take `name` (any case) for connection `conn_id`; False if someone has it."""
+    def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
+        """Take `name` (any case) for connection `conn_id`; False if someone has it.
+
+        With `user`, for that identified user, for good: every connection of
+        that user may claim it, nobody else ever (a guest holding it loses it).
+        """
+
+    def holder(self, name: str) -> Deferred[str | None]:
+        """The user id whose name `name` is, if an identified user claimed it."""
 
     def release(self, name: str, conn_id: int) -> None:
         """Give back a name `conn_id` claimed."""
 
-    def joined(self, room: str, conn_id: int, name: str) -> None:
+    def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
         """Tell the other instances a member here joined `room`."""
 
     def left(self, room: str, conn_id: int, name: str) -> None:
@@ -142,6 +162,12 @@ class Backplane(Protocol):
     def announce(self, message: str, time: str) -> None:
         """Have every other instance tell all its connections `message`."""
 
+    #: What `order`s of other instances are handed to.
+    orders: Callable[[dict[str, Any]], object] | None
+
+    def order(self, order: dict[str, Any]) -> None:
+        """Hand `order` (JSON-able: moderation, direct conversations) to every other instance."""
+
 
 class LocalBackplane:
     """One process: the SQLite `History`, messages passed on in-process.
@@ -158,9 +184,15 @@ class LocalBackplane:
         self.listener: Listener | None = None
         self.presence: PresenceListener | None = None
         self.notices: Callable[[str, str], object] | None = None
+        self.orders: Callable[[dict[str, Any]], object] | None = None
 
-    def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
-        return self.history.append(room, username, message, time).addCallback(self._pass_on)
+    def store(
+        self, room: str, username: str, message: str, time: str, user: str | None = None
+    ) -> Deferred[StoredMessage]:
+        return self.history.append(room, username, message, time, user).addCallback(self._pass_on)
+
+    def delete(self, room: str, message_id: int, by: str) -> Deferred[bool]:
+        return self.history.delete(room, message_id)
 
     def _pass_on(self, message: StoredMessage) -> StoredMessage:
         if self.listener is not None:
@@ -191,13 +223,16 @@ class LocalBackplane:
 
     # Nobody elsewhere: the hub's own names and rooms are all there is.
 
-    def claim(self, name: str, conn_id: int) -> Deferred[bool]:
+    def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
         return defer.succeed(True)
+
+    def holder(self, name: str) -> Deferred[str | None]:
+        return defer.succeed(None)  # the hub knows every name there is
 
     def release(self, name: str, conn_id: int) -> None:
         pass
 
-    def joined(self, room: str, conn_id: int, name: str) -> None:
+    def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
         pass
 
     def left(self, room: str, conn_id: int, name: str) -> None:
@@ -210,6 +245,9 @@ class LocalBackplane:
         pass
 
     def announce(self, message: str, time: str) -> None:
+        pass
+
+    def order(self, order: dict[str, Any]) -> None:
         pass
 
     def members(self, room: str) -> Deferred[list[str]]:

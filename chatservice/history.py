@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS messages (
     room TEXT NOT NULL,
     username TEXT NOT NULL,
     message TEXT NOT NULL,
-    time TEXT NOT NULL
+    time TEXT NOT NULL,
+    user TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, id);
 -- One row per room that ever had a message.  newest_id: the last id given in
@@ -85,6 +86,8 @@ class StoredMessage:
         message: The text.
         time: When the server received it, ISO 8601 UTC with milliseconds
             (``2026-11-22T04:02:02.123Z``), as given to `History.append`.
+        user: The user id (a token's ``sub``) of an identified sender; None
+            for a guest.
     """
 
     id: int
@@ -92,16 +95,20 @@ class StoredMessage:
     username: str
     message: str
     time: str
+    user: str | None = None
 
     def payload(self) -> dict[str, object]:
         """The ``chat-message`` payload of this message (docs/protocol.md)."""
-        return {
+        payload: dict[str, object] = {
             "id": self.id,
             "room": self.room,
             "username": self.username,
             "message": self.message,
             "time": self.time,
         }
+        if self.user is not None:
+            payload["user"] = self.user
+        return payload
 
 
 class Executor(Protocol):
@@ -306,7 +313,9 @@ class History:
 
         return (executor or self._execute)(self._open_db).addCallback(loaded)
 
-    def append(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
+    def append(
+        self, room: str, username: str, message: str, time: str, user: str | None = None
+    ) -> Deferred[StoredMessage]:
         """Store a message, pruning its room to the last ``keep``.
 
         When the Deferred fires, the message is committed: it survives the
@@ -318,6 +327,7 @@ class History:
             username: Who said it.
             message: The text.
             time: When it was received, ISO 8601 UTC with milliseconds.
+            user: The identified sender's user id, if any.
 
         Returns:
             A Deferred firing with the stored message and its new id, or
@@ -343,8 +353,27 @@ class History:
             _log.failure("history could not store a message in room={room}", failure, room=room)
             return failure
 
-        d = self._execute(lambda: self._append_db(room, username, message, time))
+        d = self._execute(lambda: self._append_db(room, username, message, time, user))
         return d.addCallbacks(stored, failed)
+
+    def delete(self, room: str, message_id: int) -> Deferred[bool]:
+        """Remove one kept message (moderation); True if it was kept.
+
+        The room's marks stay: the id is never given again, and a ``since``
+        recovery simply no longer contains it.
+        """
+
+        def deleted(found: bool) -> bool:
+            cached = self._rooms.get(room)
+            if cached is not None:
+                kept = [m for m in cached.messages if m.id != message_id]
+                if len(kept) != len(cached.messages):
+                    cached.messages = deque(kept, maxlen=self.keep)
+                    found = True
+            return found
+
+        d = self._execute(lambda: self._delete_db(room, message_id))
+        return d.addCallback(deleted)
 
     def close(self) -> Deferred[None]:
         """Close the database, after everything handed over before.
@@ -383,6 +412,9 @@ class History:
                 )
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            if "user" not in columns:  # a database of an earlier version
+                db.execute("ALTER TABLE messages ADD COLUMN user TEXT")
             loaded = self._load_and_prune(db)
         except BaseException:
             db.close()
@@ -400,7 +432,7 @@ class History:
                 rooms[room] = _Room(deque(maxlen=self.keep), newest_id, pruned_id)
             by_room: dict[str, list[StoredMessage]] = {}
             for row in db.execute(
-                "SELECT id, room, username, message, time FROM messages ORDER BY id"
+                "SELECT id, room, username, message, time, user FROM messages ORDER BY id"
             ):
                 msg = StoredMessage(*row)
                 by_room.setdefault(msg.room, []).append(msg)
@@ -424,15 +456,20 @@ class History:
             raise
         return rooms
 
+    def _delete_db(self, room: str, message_id: int) -> bool:
+        db = self._connection()
+        cursor = db.execute("DELETE FROM messages WHERE room = ? AND id = ?", (room, message_id))
+        return cursor.rowcount > 0
+
     def _append_db(
-        self, room: str, username: str, message: str, time: str
+        self, room: str, username: str, message: str, time: str, user: str | None
     ) -> tuple[StoredMessage, int]:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         try:
             cursor = db.execute(
-                "INSERT INTO messages (room, username, message, time) VALUES (?, ?, ?, ?)",
-                (room, username, message, time),
+                "INSERT INTO messages (room, username, message, time, user) VALUES (?, ?, ?, ?, ?)",
+                (room, username, message, time, user),
             )
             new_id = cursor.lastrowid
             assert new_id is not None
@@ -450,7 +487,7 @@ class History:
         except BaseException:
             _rollback(db)
             raise
-        return StoredMessage(new_id, room, username, message, time), pruned_id
+        return StoredMessage(new_id, room, username, message, time, user), pruned_id
 
     def _close_db(self) -> None:
         db, self._db = self._db, None

@@ -10,7 +10,9 @@ Keys (``chatservice:`` is the default prefix)::
     chatservice:room:<room>:marks    hash: newest (last id given), pruned (last dropped)
     chatservice:<db>:room:<room>     pub/sub channel: the room's messages and presence
     chatservice:room:<room>:members  hash: "<instance>:<connection>" -> name
-    chatservice:names                hash: name.casefold() -> "<instance>:<connection>"
+                                     (identified users: name, \x1f, user id)
+    chatservice:names                hash: name.casefold() -> "<instance>:<connection>",
+                                     or "user:<id>" for good (an identified user's)
     chatservice:<db>:notices         pub/sub channel: announcements (/broadcast)
                                      (channels are not per database, hence <db>)
     chatservice:instances            set of the instances' ids
@@ -168,6 +170,22 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
+# KEYS: names.  ARGV: folded name, "user:<id>".  1 if the name is (now) that
+# user's: a user's name is theirs for good; a guest holding it loses it.
+_CLAIM_USER = """
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder and holder ~= ARGV[2] and string.sub(holder, 1, 5) == 'user:' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: log, channel.  ARGV: id, event.  1 if the message was kept.
+_DELETE = """
+local n = redis.call('XDEL', KEYS[1], ARGV[1] .. '-0')
+if n > 0 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+return n
+"""
+
 # KEYS: names.  ARGV: folded name, member.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -282,9 +300,11 @@ def parse_redis_url(url: str) -> RedisAddress:
     )
 
 
-def _message_json(room: str, username: str, message: str, time: str) -> str:
+def _message_json(room: str, username: str, message: str, time: str, user: str | None) -> str:
     """The ``chat-message`` payload's JSON without ``{`` (the script adds the id)."""
     fields = {"room": room, "username": username, "message": message, "time": time}
+    if user is not None:
+        fields["user"] = user
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))[1:]
 
 
@@ -294,7 +314,12 @@ def _parse(payload: bytes | str) -> StoredMessage:
 
 def _message(fields: dict[str, Any]) -> StoredMessage:
     return StoredMessage(
-        fields["id"], fields["room"], fields["username"], fields["message"], fields["time"]
+        fields["id"],
+        fields["room"],
+        fields["username"],
+        fields["message"],
+        fields["time"],
+        fields.get("user"),
     )
 
 
@@ -311,14 +336,25 @@ def _event(fields: dict[str, Any]) -> str:
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
+#: Between a member's name and user id in a room's members hash.
+_USER_MARK = "\x1f"
+
+
+def _member_value(name: str, user: str | None) -> str:
+    return name if user is None else f"{name}{_USER_MARK}{user}"
+
+
 def _presence(fields: dict[str, Any]) -> Presence:
+    name, _, user = str(fields.get("name", "")).partition(_USER_MARK)
     return Presence(
         kind=fields["event"],
         room=fields["room"],
         member=fields.get("member", ""),
-        name=fields.get("name", ""),
+        name=name,
         old=fields.get("old", ""),
         rooms=tuple(fields.get("rooms") or ()),
+        id=int(fields.get("id", 0)),
+        user=fields.get("user") or user,
     )
 
 
@@ -454,6 +490,7 @@ class RedisBackplane:
         self.listener: Listener | None = None
         self.presence: PresenceListener | None = None
         self.notices: Callable[[str, str], object] | None = None
+        self.orders: Callable[[dict[str, Any]], object] | None = None
         # Pub/sub channels are not per database: theirs say which one.
         self._channels = f"{prefix}{address.db or 0}:"
         self._notices_channel = f"{self._channels}notices"
@@ -625,7 +662,9 @@ class RedisBackplane:
             return failure  # a bug of ours, not an outage: keep its message
         raise Unavailable(f"Redis did not answer: {failure.getErrorMessage()}")
 
-    def store(self, room: str, username: str, message: str, time: str) -> Deferred[StoredMessage]:
+    def store(
+        self, room: str, username: str, message: str, time: str, user: str | None = None
+    ) -> Deferred[StoredMessage]:
         keys = [
             f"{self.prefix}ids",
             self._key(room, "log"),
@@ -633,9 +672,23 @@ class RedisBackplane:
             self._channel(room),
             f"{self.prefix}rooms",
         ]
-        args = [self.keep, room, _message_json(room, username, message, time)]
+        args = [self.keep, room, _message_json(room, username, message, time, user)]
         d = self._command("eval", _STORE, keys, args)
-        return d.addCallback(lambda id: StoredMessage(int(id), room, username, message, time))
+        return d.addCallback(lambda id: StoredMessage(int(id), room, username, message, time, user))
+
+    def delete(self, room: str, message_id: int, by: str) -> Deferred[bool]:
+        event = _event(
+            {
+                "event": "delete",
+                "room": room,
+                "member": self._member(0),
+                "id": message_id,
+                "name": by,
+            }
+        )
+        keys = [self._key(room, "log"), self._channel(room)]
+        d = self._command("eval", _DELETE, keys, [message_id, event])
+        return d.addCallback(lambda n: int(n) > 0)
 
     def recent(
         self, room: str, limit: int = JOIN_HISTORY, up_to: int | None = None
@@ -681,8 +734,13 @@ class RedisBackplane:
             lambda failure: _log.debug("redis {what} failed: {why}", what=what, why=failure)
         )
 
-    def claim(self, name: str, conn_id: int) -> Deferred[bool]:
-        folded, member = name.casefold(), self._member(conn_id)
+    def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
+        folded = name.casefold()
+        if user is not None:
+            owner = f"user:{user}"
+            d = self._command("eval", _CLAIM_USER, [f"{self.prefix}names"], [folded, owner])
+            return d.addCallback(lambda taken: bool(int(taken)))
+        member = self._member(conn_id)
         keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
         d = self._command("eval", _CLAIM, keys, [folded, member])
 
@@ -694,6 +752,15 @@ class RedisBackplane:
 
         return d.addCallback(answered)
 
+    def holder(self, name: str) -> Deferred[str | None]:
+        d = self._command("hget", f"{self.prefix}names", name.casefold())
+
+        def answered(holder: Any) -> str | None:
+            text = _text(holder) if holder is not None else ""
+            return text[5:] if text.startswith("user:") else None
+
+        return d.addCallback(answered)
+
     def release(self, name: str, conn_id: int) -> None:
         folded, member = name.casefold(), self._member(conn_id)
         if self._claims.get(folded) == member:
@@ -702,10 +769,11 @@ class RedisBackplane:
             d = self._command("eval", _RELEASE, [f"{self.prefix}names"], [folded, member])
             self._quietly(d, "release")
 
-    def joined(self, room: str, conn_id: int, name: str) -> None:
+    def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
         member = self._member(conn_id)
-        self._memberships.setdefault(room, {})[member] = name
-        self._publish_join(room, member, name, always=True)
+        value = _member_value(name, user)
+        self._memberships.setdefault(room, {})[member] = value
+        self._publish_join(room, member, value, always=True)
 
     def _publish_join(self, room: str, member: str, name: str, always: bool) -> None:
         if not self._commands_ready:
@@ -763,7 +831,16 @@ class RedisBackplane:
 
     def members(self, room: str) -> Deferred[list[str]]:
         d = self._command("hvals", self._key(room, "members"))
-        return d.addCallback(lambda names: [_text(n) for n in names])
+        return d.addCallback(lambda names: [_text(n).partition(_USER_MARK)[0] for n in names])
+
+    def order(self, order: dict[str, Any]) -> None:
+        if not self._commands_ready:
+            _log.warn(
+                "redis unavailable: {kind} reached this instance only", kind=order.get("kind")
+            )
+            return
+        payload = _event({"instance": self.instance, "order": order})
+        self._quietly(self._command("publish", self._notices_channel, payload), "order")
 
     def announce(self, message: str, time: str) -> None:
         if not self._commands_ready:
@@ -872,7 +949,7 @@ class RedisBackplane:
             d = self._command(
                 "eval", _WATCH, [self._key(room, "marks"), self._key(room, "members")]
             )
-            return d.addCallback(lambda reply: Watched(last, self._others(reply[1])))
+            return d.addCallback(lambda reply: self._watched(last, self._others(reply[1])))
         caller: Deferred[Watched] = Deferred()
         if watch is None:
             watch = self._watches[room] = _Watch(self._channel(room))
@@ -893,7 +970,7 @@ class RedisBackplane:
         def positioned(reply: list[Any]) -> None:
             if self._watches.get(room) is not watch:
                 return
-            watched = Watched(int(reply[0]), self._others(reply[1]))
+            watched = self._watched(int(reply[0]), self._others(reply[1]))
             watch.last = watched.position
             # The members then, and what came since (joins and leaves again
             # of members already counted are harmless).
@@ -923,16 +1000,31 @@ class RedisBackplane:
             self._subscriber.unsubscribe(watch.channel).addErrback(lambda _: None)
 
     def _others(self, flat: list[Any]) -> dict[str, str]:
-        """The members of other instances, from a members hash."""
+        """The members of other instances, from a members hash (names with user marks)."""
         mine = self.instance + ":"
         return {m: n for m, n in _pairs(flat).items() if not m.startswith(mine)}
+
+    @staticmethod
+    def _watched(position: int, others: dict[str, str]) -> Watched:
+        members, users = {}, {}
+        for member, value in others.items():
+            name, _, user = value.partition(_USER_MARK)
+            members[member] = name
+            if user:
+                users[member] = user
+        return Watched(position, members, users)
 
     def _published(self, channel: Any, payload: Any) -> None:
         if isinstance(channel, bytes):
             channel = channel.decode()
         if channel == self._notices_channel:
             notice = json.loads(payload)
-            if notice.get("instance") != self.instance and self.notices is not None:
+            if notice.get("instance") == self.instance:
+                return
+            if "order" in notice:
+                if self.orders is not None:
+                    self.orders(notice["order"])
+            elif self.notices is not None:
                 self.notices(notice["message"], notice["time"])
             return
         room = self._by_channel.get(channel)
@@ -1019,7 +1111,8 @@ class RedisBackplane:
             for message in entries:
                 self._pass_on(watch, message)
             # Presence events were lost with the connection: who is there now.
-            self._pass_on(watch, Presence("members", room, members=self._others(reply[3])))
+            now = self._watched(0, self._others(reply[3]))
+            self._pass_on(watch, Presence("members", room, members=now.members))
             self._release(room, watch)
 
         def failed(failure: Failure) -> None:

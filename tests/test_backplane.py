@@ -286,3 +286,66 @@ async def test_presence_events_in_any_key_order_and_junk_on_a_channel(
         assert backplane.problem is None
     finally:
         await backplane.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sender_id_is_kept_and_a_deleted_message_is_gone_from_history(
+    make: Make,
+) -> None:
+    backplane = await make()
+    got = listen(backplane)
+    await backplane.watch("r")
+    kept = await backplane.store("r", "alice", "signed", T0, "u1")
+    guest = await backplane.store("r", "gus", "unsigned", T0)
+    await wait_until(lambda: len(got) == 2)
+    assert got[0].user == "u1" and got[0].payload()["user"] == "u1"
+    assert guest.user is None and "user" not in got[1].payload()
+    assert [m.user for m in await backplane.recent("r")] == ["u1", None]
+    assert await backplane.delete("r", kept.id, "mod") is True
+    assert await backplane.delete("r", kept.id, "mod") is False
+    assert [m.id for m in await backplane.recent("r")] == [guest.id]
+    messages, recovered = await backplane.since("r", 0)
+    assert [m.id for m in messages] == [guest.id] and recovered
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_users_name_is_theirs_for_good(make: Make) -> None:
+    backplane = await make()
+    assert await backplane.claim("Alice", 1) is True  # a guest first
+    assert await backplane.claim("alice", 2, "u1") is True  # the user takes it over
+    assert await backplane.claim("ALICE", 3, "u1") is True  # another tab
+    backplane.release("alice", 2)
+    if isinstance(backplane, RedisBackplane):
+        assert await backplane.claim("alice", 4, "u2") is False
+        assert await backplane.claim("alice", 5) is False
+        assert await backplane.holder("Alice") == "u1"
+        assert await backplane.holder("bob") is None
+    else:  # one process: the hub keeps its names (tests/test_hub_identity.py)
+        assert await backplane.holder("alice") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_orders_and_deletions_reach_the_other_instances(redis_server: RedisServer) -> None:
+    one, two = (RedisBackplane(parse_redis_url(redis_server.url), 100, reactor) for _ in range(2))
+    for backplane in (one, two):
+        backplane.start()
+    try:
+        await wait_until(lambda: one.problem is None and two.problem is None)
+        orders: list[dict[str, Any]] = []
+        mine: list[dict[str, Any]] = []
+        two.orders = orders.append
+        one.orders = mine.append
+        events: list[Presence] = []
+        two.presence = events.append
+        await two.watch("r")
+        await one.watch("r")
+        one.order({"kind": "kick", "name": "gus", "by": "mod"})
+        stored = await one.store("r", "gus", "spam", T0)
+        await one.delete("r", stored.id, "mod")
+        await wait_until(lambda: orders and any(e.kind == "delete" for e in events))
+        assert orders == [{"kind": "kick", "name": "gus", "by": "mod"}]
+        assert mine == []  # not to itself
+        [deleted] = [e for e in events if e.kind == "delete"]
+        assert (deleted.room, deleted.id, deleted.name) == ("r", stored.id, "mod")
+    finally:
+        await gatherResults([one.stop(), two.stop()])

@@ -416,3 +416,25 @@ def test_a_killed_writer_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
     kept = {m.id: m.message for m in history.recent("lobby", 1000000)}
     for message_id, text in acknowledged:
         assert kept.get(message_id) == text
+
+
+def test_a_database_of_an_earlier_version_gets_the_user_column(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.sqlite3")
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, room TEXT NOT NULL,"
+        " username TEXT NOT NULL, message TEXT NOT NULL, time TEXT NOT NULL);"
+        "INSERT INTO messages (room, username, message, time)"
+        " VALUES ('lobby', 'alice', 'from before', '2026-01-01T00:00:00.000Z');"
+    )
+    db.commit()
+    db.close()
+    history = History(path, 10, immediate_executor)
+    history.open()
+    [old] = history.recent("lobby")
+    assert (old.message, old.user) == ("from before", None)
+    history.append("lobby", "bob", "signed", "2026-01-01T00:00:01.000Z", "u2")
+    history.close()
+    again = History(path, 10, immediate_executor)
+    again.open()
+    assert [m.user for m in again.recent("lobby")] == [None, "u2"]
