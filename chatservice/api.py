@@ -2,7 +2,9 @@
 
 JSON in and out; errors are ``{"error": "..."}`` with the right status.  Every
 route but ``/healthz`` needs the admin token (``Authorization: Bearer TOKEN``
-or ``?token=TOKEN``).  Specified in docs/protocol.md ("HTTP API").
+or ``?token=TOKEN``), or, with ``--auth``, a user's signed token: an admin's
+may do everything, anybody else's only read the rooms it may enter.
+Specified in docs/protocol.md ("HTTP API").
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -21,8 +24,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from chatservice import logs
 from chatservice.backplane import Backplane, Unavailable
 from chatservice.history import StoredMessage
-from chatservice.hub import JOIN_HISTORY, Hub
-from chatservice.messages import ProtocolError, check_room, clean_username
+from chatservice.hub import JOIN_HISTORY, Hub, iso_time
+from chatservice.identity import DM_PREFIX, AuthError, Identity
+from chatservice.messages import ProtocolError, check_room, clean_username, parse_moderation
 from chatservice.presence import Roster
 
 _log = Logger(observer=logs.filtered)
@@ -34,6 +38,24 @@ MAX_HISTORY_LIMIT = 1000
 #: Names in one page of ``GET /api/rooms/<room>/users``, by default and at most.
 USERS_LIMIT = 500
 MAX_USERS_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes an API request.
+
+    Attributes:
+        actor: For the moderation log: ``api`` (the admin token), else the
+            token's user's name.
+        identity: The signed token's claims, if one was used.
+    """
+
+    actor: str
+    identity: Identity | None = None
+
+    @property
+    def admin(self) -> bool:
+        return self.identity is None or self.identity.admin
 
 
 class ApiError(Exception):
@@ -108,8 +130,8 @@ class Api(Resource):
 
     def render(self, request: Request) -> bytes | int:
         try:
-            self._authorize(request)
-            result = self._route(request)
+            caller = self._authorize(request)
+            result = self._route(request, caller)
         except ApiError as e:
             return _json(request, e.status, {"error": e.message})
         except ProtocolError as e:
@@ -124,6 +146,8 @@ class Api(Resource):
                 lambda failure: self._failed(request, failure),
             )
             return NOT_DONE_YET
+        if isinstance(result, tuple):  # (status, body)
+            return _json(request, *result)
         return _json(request, 200, result)
 
     def _finish(self, request: Request, status: int, body: object) -> None:
@@ -132,6 +156,11 @@ class Api(Resource):
             request.finish()
 
     def _failed(self, request: Request, failure: Failure) -> None:
+        if failure.check(ProtocolError):
+            error = failure.value
+            status = 404 if error.code.startswith("no-such") else 400
+            self._finish(request, status, {"error": error.reason})
+            return
         if failure.check(Unavailable):
             error = f"unavailable: {failure.getErrorMessage()}; try again soon"
         else:
@@ -139,39 +168,88 @@ class Api(Resource):
             error = "the request could not be carried out; try again"
         self._finish(request, 503, {"error": error})
 
-    def _authorize(self, request: Request) -> None:
+    def _authorize(self, request: Request) -> Caller:
         header = request.getHeader(b"authorization") or b""
         given = header[7:].strip() if header[:7].lower() == b"bearer " else None
         if given is None:
             query = _args(request).get(b"token")
             given = query[0] if query else b""
-        if not hmac.compare_digest(given, self._token):
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="chatservice"')
-            raise ApiError(401, "missing or wrong token")
+        if hmac.compare_digest(given, self._token):
+            return Caller("api")
+        verifier = self.hub.auth.verifier
+        if verifier is not None and given.count(b".") == 2:
+            try:
+                identity = verifier.verify(given.decode("ascii", "replace"))
+            except AuthError as e:
+                request.setHeader(
+                    b"WWW-Authenticate", b'Bearer realm="chatservice", error="invalid_token"'
+                )
+                raise ApiError(401, f"{e.code}: {e.reason}") from None
+            return Caller(identity.name, identity)
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="chatservice"')
+        raise ApiError(401, "missing or wrong token")
 
-    def _route(self, request: Request) -> object:
+    @staticmethod
+    def _admin(caller: Caller) -> None:
+        if not caller.admin:
+            raise ApiError(403, "forbidden: only moderators (an admin token) may do that")
+
+    def _readable(self, caller: Caller, room: str) -> None:
+        """Whether `caller` may read `room` (its history, its members).
+
+        Raises:
+            ApiError: 403.
+        """
+        identity = caller.identity
+        if identity is None or (identity.admin and not room.startswith(DM_PREFIX)):
+            return
+        if self.hub.auth.is_private(room) and not identity.may_enter(room):
+            raise ApiError(403, f"forbidden: #{room} is a private room")
+
+    def _route(self, request: Request, caller: Caller) -> object:
         method = request.method
         parts = [p.decode("utf-8", "replace") for p in request.postpath or []]
         if parts and parts[-1] == "":
             parts.pop()
         if self.prefix == "broadcast":
+            self._admin(caller)
             if method not in (b"GET", b"POST") or len(parts) != 1 or not parts[0].strip():
                 raise ApiError(404, "use GET or POST /broadcast/<message>")
             message = parts[0].strip()
             return {"message": message, "delivered": self.hub.notice(message)}
 
+        if parts == ["tokens"]:
+            self._method(request, b"POST")
+            self._admin(caller)
+            return self._mint(request)
+        if parts[:1] == ["users"] and len(parts) == 3 and parts[2] in ("kick", "ban", "mute"):
+            self._method(request, b"POST")
+            self._admin(caller)
+            body = self._body(request, '{"reason": ..., "room": ..., "duration": ...}', True)
+            command = parse_moderation(f"chat-{parts[2]}", {**body, "username": parts[1]})
+            return self.hub.moderate(caller.actor, command).addCallback(lambda done: (200, done))
         if parts[:1] != ["rooms"]:
             raise ApiError(404, "no such API route")
         if len(parts) == 1:
             self._method(request, b"GET")
             return self.backplane.rooms().addCallback(
-                lambda kept: (200, {"rooms": self._rooms(kept)})
+                lambda kept: (200, {"rooms": self._rooms(kept, caller)})
             )
         room = check_room(parts[1])
         what = parts[2:]
         if what == ["messages"]:
             self._method(request, b"POST")
+            self._admin(caller)
             return self._publish(request, room)
+        if len(what) == 2 and what[0] == "messages":
+            self._method(request, b"DELETE")
+            self._admin(caller)
+            if not what[1].isdigit():
+                raise ApiError(404, "no such message")
+            return self.hub.delete_message(caller.actor, room, int(what[1])).addCallback(
+                lambda done: (200, done)
+            )
+        self._readable(caller, room)
         if what == ["history"]:
             self._method(request, b"GET")
             limit = _int_arg(request, "limit", JOIN_HISTORY, MAX_HISTORY_LIMIT)
@@ -212,27 +290,81 @@ class Api(Resource):
             request.setHeader(b"Allow", allowed)
             raise ApiError(405, f"use {allowed.decode()}")
 
-    def _rooms(self, kept: list[str]) -> list[dict[str, Any]]:
+    def _rooms(self, kept: list[str], caller: Caller) -> list[dict[str, Any]]:
         names = set(kept) | set(self.hub.rooms)
-        return [
-            {
-                "room": name,
-                "members": self.hub.rooms[name].count() if name in self.hub.rooms else 0,
-            }
-            for name in sorted(names)
-        ]
+        auth = self.hub.auth
+        rooms = []
+        for name in sorted(names):
+            private = auth.is_private(name)
+            if not private:
+                entry: dict[str, Any] = {"room": name}
+            elif caller.identity is None or (
+                caller.identity.may_enter(name) and not name.startswith(DM_PREFIX)
+            ):
+                entry = {"room": name, "private": True}
+            elif name.startswith(DM_PREFIX):
+                continue  # somebody's direct messages: not even their name
+            else:
+                rooms.append({"room": name, "private": True})  # the name, nothing else
+                continue
+            live = self.hub.rooms.get(name)
+            entry["members"] = live.count() if live is not None else 0
+            rooms.append(entry)
+        return rooms
 
-    def _publish(self, request: Request, room: str) -> Deferred[tuple[int, object]]:
+    def _body(
+        self, request: Request, shape: str = "{...}", allow_empty: bool = False
+    ) -> dict[str, Any]:
+        """The request's JSON object.
+
+        Raises:
+            ApiError: 413 over `MAX_BODY`; 400 not a JSON object.
+        """
         length = int(request.getHeader(b"content-length") or 0)
         body = request.content.read(MAX_BODY + 1) if request.content else b""
         if length > MAX_BODY or len(body) > MAX_BODY:
             raise ApiError(413, f"the body is over {MAX_BODY} bytes")
+        if allow_empty and not body.strip():
+            return {}
         try:
             data = json.loads(body)
         except ValueError:
             raise ApiError(400, "the body is not JSON") from None
         if not isinstance(data, dict):
-            raise ApiError(400, 'the body must be an object {"message": ..., "username": ...}')
+            raise ApiError(400, f"the body must be an object {shape}")
+        return data
+
+    def _mint(self, request: Request) -> tuple[int, object]:
+        """``POST /api/tokens``: a signed token for a user, for operators without JWT code."""
+        verifier = self.hub.auth.verifier
+        if verifier is None:
+            raise ApiError(
+                409, "tokens are off: start the service with --auth optional or required"
+            )
+        if not verifier.can_mint:
+            raise ApiError(501, "this service cannot sign tokens: it has no --auth-secret")
+        data = self._body(request)
+        user, name, rooms = data.get("user"), data.get("name"), data.get("rooms", [])
+        admin, ttl = data.get("admin", False), data.get("ttl", 3600)
+        if not isinstance(user, str) or not user.strip():
+            raise ApiError(400, "user must be a non-empty string (the token's sub)")
+        if name is not None and not isinstance(name, str):
+            raise ApiError(400, "name must be a string")
+        if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
+            raise ApiError(400, "rooms must be a list of room name patterns")
+        if not isinstance(admin, bool):
+            raise ApiError(400, "admin must be true or false")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise ApiError(400, "ttl must be a number of seconds")
+        try:
+            token, expires = verifier.mint(user, name, rooms, admin, float(ttl))
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        _log.info("API minted a token for user={user} admin={admin}", user=user, admin=admin)
+        return 201, {"token": token, "user": user, "expires": iso_time(expires)}
+
+    def _publish(self, request: Request, room: str) -> Deferred[tuple[int, object]]:
+        data = self._body(request, '{"message": ..., "username": ...}')
         message, username = data.get("message"), data.get("username", "api")
         if not isinstance(message, str):
             raise ApiError(400, "message must be a string")

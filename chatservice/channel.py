@@ -8,6 +8,7 @@ it once its opening handshake is read (Autobahn takes the transport over).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -121,13 +122,26 @@ class ChatChannel(HTTPChannel):
         self.loseConnection()
 
 
-class _ForwardedRequest:
-    """A request whose client address is what a trusted proxy said (for the access log)."""
+#: A ``token`` query parameter's value (an API token, a chat token): never logged.
+_TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*")
 
-    def __init__(self, request: Request, host: str) -> None:
+
+def without_token(uri: bytes) -> bytes:
+    """`uri` with the value of a ``token`` query parameter replaced by ``[redacted]``."""
+    return _TOKEN_IN_QUERY.sub(rb"\1[redacted]", uri)
+
+
+class _LoggedRequest:
+    """A request as the access log shows it: its client the one a trusted proxy
+    named, its URI without a token."""
+
+    def __init__(self, request: Request, host: str | None) -> None:
         self._request = request
-        kind = IPv6Address if ":" in host else IPv4Address
-        self._address = kind("TCP", host, 0)
+        self._address = request.getClientAddress()
+        if host is not None:
+            kind = IPv6Address if ":" in host else IPv4Address
+            self._address = kind("TCP", host, 0)
+        self.uri = without_token(request.uri)
 
     def getClientAddress(self) -> Any:
         return self._address
@@ -137,19 +151,23 @@ class _ForwardedRequest:
 
 
 def access_log_formatter(proxies: TrustedProxies) -> Callable[[str, Request], str]:
-    """twisted.web's combined log format, with the client a trusted proxy names."""
+    """twisted.web's combined log format, with the client a trusted proxy names,
+    and never a token of the query."""
 
     def formatter(timestamp: str, request: Request) -> str:
         peer = getattr(request.getClientAddress(), "host", None)
+        client = None
         if proxies and peer is not None:
             client = proxies.client(
                 peer,
                 _header(request, b"x-forwarded-for"),
                 _header(request, b"forwarded"),
             )
-            if client != peer:
-                return str(combinedLogFormatter(timestamp, _ForwardedRequest(request, client)))
-        return str(combinedLogFormatter(timestamp, request))
+            if client == peer:
+                client = None
+        if client is None and b"token=" not in (request.uri or b""):
+            return str(combinedLogFormatter(timestamp, request))
+        return str(combinedLogFormatter(timestamp, _LoggedRequest(request, client)))
 
     return formatter
 

@@ -22,16 +22,23 @@ from twisted.python.failure import Failure
 from chatservice import logs
 from chatservice.backplane import Backplane, Presence, Unavailable, Watched
 from chatservice.history import StoredMessage
+from chatservice.identity import DM_PREFIX, OFF, AuthError, AuthPolicy, Identity, dm_room
 from chatservice.messages import (
+    DEFAULT_ROOM,
     MAX_ROOM_LENGTH,
     MAX_USERNAME_LENGTH,
+    TEXT,
     TEXT_HELP,
+    Authenticate,
     Command,
+    Delete,
     Dialect,
+    Direct,
     Event,
     Help,
     Join,
     Leave,
+    Moderate,
     Nick,
     ProtocolError,
     Say,
@@ -39,6 +46,7 @@ from chatservice.messages import (
     Users,
 )
 from chatservice.metrics import Counters
+from chatservice.moderation import Sanction, Sanctions, keys_of
 from chatservice.policy import FloodGuard, TokenBucket
 from chatservice.presence import USERS_PAGE, Changes, Roster
 
@@ -56,6 +64,19 @@ LARGE_ROOM = 500
 PRESENCE_INTERVAL = 1.0
 #: Different join histories of one room kept encoded until its next message.
 HISTORY_FRAMES = 16
+#: Seconds a ban or mute lasts when the moderator does not say.
+DEFAULT_DURATIONS = {"ban": 3600.0, "mute": 600.0}
+#: The frame type of each command, for its errors.
+_TYPES: dict[type, str] = {
+    Join: "chat-join",
+    Direct: "chat-join",
+    Say: "chat-message",
+    Leave: "chat-leave",
+    Typing: "chat-typing",
+    Nick: "chat-nick",
+    Users: "chat-users",
+    Delete: "chat-delete",
+}
 
 
 class Member(Protocol):
@@ -105,6 +126,13 @@ def unavailable(type: str) -> ProtocolError:
     return ProtocolError("unavailable", "the chat cannot reach its storage; try again soon", type)
 
 
+def _sanction_text(sanction: Sanction, what: str) -> str:
+    where = f" from #{sanction.room}" if sanction.room and what == "banned" else ""
+    where = f" in #{sanction.room}" if sanction.room and what == "muted" else where
+    because = f": {sanction.reason}" if sanction.reason else ""
+    return f"you are {what}{where} until {iso_time(sanction.until)} by {sanction.by}{because}"
+
+
 def iso_time(seconds: float) -> str:
     """ISO 8601 UTC with milliseconds: ``2026-11-22T04:02:02.123Z``."""
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
@@ -114,11 +142,25 @@ def iso_time(seconds: float) -> str:
 class Session:
     """The hub's state of one connection."""
 
-    __slots__ = ("bucket", "busy", "flood", "member", "name", "queued", "rooms")
+    __slots__ = (
+        "bucket",
+        "busy",
+        "flood",
+        "identity",
+        "member",
+        "name",
+        "queued",
+        "rooms",
+        "timer",
+    )
 
     def __init__(self, member: Member, bucket: TokenBucket, flood: FloodGuard) -> None:
         self.member = member
         self.name: str | None = None
+        #: Who the connection's token says it is; None for a guest.
+        self.identity: Identity | None = None
+        #: The deadline for a token (``--auth required``), then its expiry.
+        self.timer: IDelayedCall | None = None
         #: Whether a join or rename waits for the backplane; commands that come
         #: meanwhile wait in `queued`, so they are carried out in order.
         self.busy = False
@@ -130,6 +172,14 @@ class Session:
 
     def current_room(self) -> str | None:
         return next(reversed(self.rooms), None)
+
+    def user(self) -> str | None:
+        """The identified user's id, or None for a guest."""
+        return None if self.identity is None else self.identity.user
+
+    def keys(self) -> tuple[str, ...]:
+        """What bans and mutes of this connection's user are filed under."""
+        return keys_of(self.name, self.user())
 
 
 class Room:
@@ -156,6 +206,7 @@ class Room:
         "flush",
         "groups",
         "history_frames",
+        "identified",
         "joining",
         "last",
         "name",
@@ -182,22 +233,26 @@ class Room:
         #: Who waits for `position`.
         self.waiters: list[Deferred[int]] = []
         self.last: int | None = None
+        #: The names here of identified users, with their user ids.
+        self.identified: dict[str, str] = {}
 
     def empty(self) -> bool:
         return not self.sessions and not self.joining
 
     def count(self) -> int:
-        """Members here and on other instances."""
-        return len(self.sessions) + len(self.remote)
+        """Members here and on other instances (a user with several connections once)."""
+        return len(self.roster)
 
-    def add(self, session: Session) -> None:
+    def add(self, session: Session) -> bool:
+        """Add a member; True if its name was not here yet (another tab of it may be)."""
         assert session.name is not None  # joined, so named
         self.sessions[session] = None
         member = session.member
         self.groups.setdefault(member.dialect, {})[member] = None
-        self.roster.add(session.name)
+        return self.arrived(session.name, session.user())
 
-    def remove(self, session: Session) -> None:
+    def remove(self, session: Session) -> bool:
+        """Remove a member; True if its name is gone (its last connection here)."""
         assert session.name is not None
         del self.sessions[session]
         member = session.member
@@ -205,7 +260,18 @@ class Room:
         del group[member]
         if not group:
             del self.groups[member.dialect]
-        self.roster.remove(session.name)
+        return self.went(session.name)
+
+    def arrived(self, name: str, user: str | None) -> bool:
+        if user:
+            self.identified[name] = user
+        return self.roster.add(name)
+
+    def went(self, name: str) -> bool:
+        gone = self.roster.remove(name)
+        if gone:
+            self.identified.pop(name, None)
+        return gone
 
     def usernames(self) -> list[str]:
         return self.roster.all()
@@ -218,6 +284,8 @@ class Room:
             payload["next"] = cursor
         if after is not None:
             payload["after"] = after
+        if self.identified:
+            payload["identified"] = [name for name in names if name in self.identified]
         return payload
 
 
@@ -240,6 +308,8 @@ class Hub:
             leaves and renames are gathered into ``chat-presence`` events.
         presence_interval: Seconds between two ``chat-presence`` events of a
             room, at least.
+        auth: Whether and how clients identify themselves with tokens, and
+            which rooms are private (`chatservice.identity`); off by default.
     """
 
     def __init__(
@@ -253,11 +323,14 @@ class Hub:
         stats: Counters | None = None,
         large_room: int = LARGE_ROOM,
         presence_interval: float = PRESENCE_INTERVAL,
+        auth: AuthPolicy = OFF,
     ) -> None:
         self.backplane = backplane
         backplane.listener = self._deliver
         backplane.presence = self._presence
         backplane.notices = self._notify
+        backplane.orders = self._obey
+        self.auth = auth
         self.stats = stats if stats is not None else Counters()
         self.clock = clock
         self.seconds = clock.seconds
@@ -270,6 +343,12 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[Member, Session] = {}
         self._names: dict[str, Session] = {}
+        #: Names of identified users (casefolded): theirs for good, with
+        #: their user id and the name as they have it.
+        self._reserved: dict[str, tuple[str, str]] = {}
+        #: The connections of each identified user here.
+        self._connections_of: dict[str, dict[Session, None]] = {}
+        self.sanctions = Sanctions(self.seconds)
 
     # Connections.
 
@@ -282,27 +361,53 @@ class Hub:
             FloodGuard(limits.flood_drops, limits.flood_window, self.seconds),
         )
         self.sessions[member] = session
-        member.send_event(
-            (
-                "chat-welcome",
-                {
-                    "id": member.conn_id,
-                    "server": self.server,
-                    "motd": self.motd,
-                    "limits": limits.welcome(),
-                },
-            )
-        )
+        welcome: dict[str, Any] = {
+            "id": member.conn_id,
+            "server": self.server,
+            "motd": self.motd,
+            "limits": limits.welcome(),
+        }
+        auth = self.auth
+        if auth.mode != "off":
+            welcome["auth"] = {"mode": auth.mode}
+            if auth.refresh_url:
+                welcome["auth"]["refresh_url"] = auth.refresh_url
+            if auth.mode == "required":
+                session.timer = self.clock.callLater(
+                    auth.timeout, self._unidentified, member, session
+                )
+        member.send_event(("chat-welcome", welcome))
         return session
+
+    def start(self, session: Session, token: str | None = None) -> None:
+        """What a connection does first: the token of its handshake (``?token=``),
+        or, for a text client, join the lobby as a guest."""
+        try:
+            if token is not None:
+                self.handle(session, Authenticate(token))
+            elif session.member.dialect is TEXT and self.auth.mode != "required":
+                self.handle(session, Join(DEFAULT_ROOM, self.guest_name(session.member)))
+        except ProtocolError as error:
+            session.member.send_event(error.event())
 
     def disconnect(self, member: Member) -> None:
         """Forget a connection: it leaves its rooms, its name is free.  Idempotent."""
         session = self.sessions.pop(member, None)
         if session is None:
             return
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
         for room in list(session.rooms):
             self._leave(session, room, tell_leaver=False)
-        if session.name is not None:
+        user = session.user()
+        if user is not None:
+            # An identified user's name stays theirs.
+            sessions = self._connections_of.get(user)
+            if sessions is not None:
+                sessions.pop(session, None)
+                if not sessions:
+                    del self._connections_of[user]
+        elif session.name is not None:
             if self._names.get(session.name.casefold()) is session:
                 del self._names[session.name.casefold()]
             self.backplane.release(session.name, member.conn_id)
@@ -342,7 +447,7 @@ class Hub:
         """A free name like ``guest-7`` for a client that has not chosen one."""
         base = f"guest-{self.backplane.guest_prefix}{member.conn_id}"
         name, n = base, 1
-        while name.casefold() in self._names:
+        while name.casefold() in self._names or name.casefold() in self._reserved:
             n += 1
             name = f"{base}-{n}"
         return name
@@ -389,6 +494,15 @@ class Hub:
 
     def _carry_out(self, session: Session, command: Command) -> Deferred[None] | None:
         """`handle` a command; a Deferred if it is not done yet."""
+        if session.identity is None and self.auth.mode != "off":
+            if isinstance(command, Authenticate):
+                return self._authenticate(session, command.token)
+            if self.auth.mode == "required" and not isinstance(command, Help):
+                raise ProtocolError(
+                    "auth-required",
+                    "send chat-auth with your token first",
+                    _TYPES.get(type(command), "chat-" + type(command).__name__.lower()),
+                )
         if isinstance(command, Say):
             self._say(session, command)
         elif isinstance(command, Join):
@@ -405,6 +519,12 @@ class Hub:
             session.member.send_event(("chat-users", self._users(self.rooms[room], command.after)))
         elif isinstance(command, Help):
             session.member.send_event(("chat-info", {"message": TEXT_HELP}))
+        elif isinstance(command, Authenticate):
+            return self._authenticate(session, command.token)
+        elif isinstance(command, Direct):
+            return self._direct(session, command)
+        elif isinstance(command, Moderate | Delete):
+            self._moderation(session, command)
         return None
 
     def notice(self, message: str) -> int:
@@ -441,8 +561,10 @@ class Hub:
         """
         key = username.casefold()
         holder = self._names.get(key)
-        if holder is not None and holder is not session:
+        if (holder is not None and holder is not session) or key in self._reserved:
             raise ProtocolError("username-taken", f"{username!r} is taken", type)
+        if self.sanctions and self.sanctions.find("ban", keys_of(username, None)):
+            raise ProtocolError("forbidden", f"{username!r} is banned", type)
         self._names[key] = session  # held here while the backplane is asked
         member = session.member
 
@@ -479,21 +601,22 @@ class Hub:
             `d`, fired once `go` (and what it waits for) is done.
         """
 
-        def failed(failure: Failure) -> None:
-            error = failure.value if failure.check(ProtocolError) else None
-            if error is None:
-                _log.failure(
-                    "conn={conn_id} command failed", failure, conn_id=session.member.conn_id
-                )
-                error = ProtocolError("server-error", "that did not work; try again")
-            if self.sessions.get(session.member) is session:
-                session.member.send_event(error.event())
-
         d.addCallback(lambda _: go() if self.sessions.get(session.member) is session else None)
-        d.addErrback(failed)
+        d.addErrback(self._failed, session)
         return d
 
+    def _failed(self, failure: Failure, session: Session) -> None:
+        """Tell the client a command that waited for something failed."""
+        error = failure.value if failure.check(ProtocolError) else None
+        if error is None:
+            _log.failure("conn={conn_id} command failed", failure, conn_id=session.member.conn_id)
+            error = ProtocolError("server-error", "that did not work; try again")
+        if self.sessions.get(session.member) is session:
+            session.member.send_event(error.event())
+
     def _join(self, session: Session, command: Join) -> Deferred[None] | None:
+        if self.auth.mode != "off" or self.sanctions:
+            self._check_entry(session, command.room)
         if session.name is None:
             if command.username is None:
                 raise ProtocolError(
@@ -502,6 +625,25 @@ class Hub:
             claimed = self._claim(session, command.username, "chat-join")
             return self._then(claimed, session, lambda: self._enter(session, command))
         return self._enter(session, command)
+
+    def _check_entry(self, session: Session, room: str) -> None:
+        """Whether `session` may join `room` (private rooms, bans).
+
+        Raises:
+            ProtocolError: ``forbidden``.
+        """
+        if self.auth.is_private(room):
+            if room.startswith(DM_PREFIX):
+                raise ProtocolError(
+                    "forbidden",
+                    'direct conversations are joined with chat-join {"with": username}',
+                    "chat-join",
+                )
+            if session.identity is None or not session.identity.may_enter(room):
+                raise ProtocolError("forbidden", f"#{room} is a private room", "chat-join")
+        banned = self.sanctions.find("ban", session.keys(), room) if self.sanctions else None
+        if banned is not None:
+            raise ProtocolError("forbidden", _sanction_text(banned, "banned"), "chat-join")
 
     def _enter(self, session: Session, command: Join) -> Deferred[None] | None:
         """Join a room; a Deferred until its history is sent (None if at once)."""
@@ -539,7 +681,7 @@ class Hub:
         for member, name in watched.members.items():
             if member not in room.remote:
                 room.remote[member] = name
-                room.roster.add(name)
+                room.arrived(name, watched.users.get(member))
         waiters, room.position = room.waiters, None
         room.waiters = []
         for waiter in waiters:
@@ -578,7 +720,7 @@ class Hub:
             if waiting is None:
                 return  # left, or closed, meanwhile
             came = waiting
-            room.add(session)
+            first = room.add(session)
         cut = self._send_history(member, history)
         member.send_event(("chat-users", self._users(room)))
         for message in came:
@@ -588,15 +730,15 @@ class Hub:
             return  # joined before, or closed while sending (a slow consumer)
         assert session.name is not None  # claimed above
         name = room.name
-        self.backplane.joined(name, member.conn_id, session.name)
-        if self._is_large(room):
+        user = session.user()
+        self.backplane.joined(name, member.conn_id, session.name, user)
+        if not first:
+            pass  # another connection of the same user is here: nothing changes for the others
+        elif self._is_large(room):
             room.changes.join(session.name)
             self._schedule_presence(room)
         else:
-            self._to_room(
-                room,
-                ("chat-join", {"username": session.name, "room": name, "time": self._now()}),
-            )
+            self._to_room(room, ("chat-join", self._presence_payload(session.name, name, user)))
         _log.info(
             "conn={conn_id} {username} joined {room} ({members} members)",
             conn_id=member.conn_id,
@@ -639,12 +781,13 @@ class Hub:
         tell_room = False
         # One still waiting for its history was never announced.
         announced = room.joining.pop(session, None) is None
+        gone = False
         if announced:
-            room.remove(session)
+            gone = room.remove(session)
             self.backplane.left(name, session.member.conn_id, session.name)
         if room.empty():
             self._drop_room(room)
-        elif not announced or not room.sessions:
+        elif not announced or not room.sessions or not gone:
             pass
         elif self._is_large(room):
             room.changes.leave(session.name)
@@ -655,7 +798,7 @@ class Hub:
         if tell_room or tell_leaver:
             event: Event = (
                 "chat-leave",
-                {"username": session.name, "room": name, "time": self._now()},
+                self._presence_payload(session.name, name, session.user()),
             )
             if tell_room:
                 self._to_room(room, event)
@@ -708,7 +851,11 @@ class Hub:
         if not text:
             return
         assert session.name is not None  # joined, so named
-        stored = self.backplane.store(room, session.name, text, self._now())
+        if self.sanctions:
+            muted = self.sanctions.find("mute", session.keys(), room)
+            if muted is not None:
+                raise ProtocolError("muted", _sanction_text(muted, "muted"), "chat-message")
+        stored = self.backplane.store(room, session.name, text, self._now(), session.user())
         stored.addErrback(self._not_stored, session)
 
     def _deliver(self, message: StoredMessage) -> None:
@@ -752,6 +899,8 @@ class Hub:
 
     def _nick(self, session: Session, username: str) -> Deferred[None] | None:
         old = session.name
+        if session.identity is not None:
+            raise ProtocolError("name-fixed", "your name is your token's", "chat-nick")
         if old == username:
             return None
         claimed = self._claim(session, username, "chat-nick")
@@ -786,6 +935,342 @@ class Hub:
             new=username,
         )
 
+    # Identity: tokens, direct conversations, moderation.
+
+    def _presence_payload(self, name: str, room: str, user: str | None) -> dict[str, Any]:
+        """A ``chat-join``/``chat-leave`` payload (``user`` for an identified user)."""
+        payload: dict[str, Any] = {"username": name, "room": room, "time": self._now()}
+        if user:
+            payload["user"] = user
+        return payload
+
+    def _authenticate(self, session: Session, token: str) -> Deferred[None] | None:
+        """``chat-auth``: who the connection is, or a refresh of its token."""
+        verifier = self.auth.verifier
+        if self.auth.mode == "off" or verifier is None:
+            raise ProtocolError("bad-type", "this server takes no tokens (--auth off)", "chat-auth")
+        try:
+            identity = verifier.verify(token)
+        except AuthError as e:
+            _log.info(
+                "conn={conn_id} token refused: {code}",
+                conn_id=session.member.conn_id,
+                code=e.code,
+            )
+            raise ProtocolError(e.code, e.reason, "chat-auth") from None
+        current = session.identity
+        if current is not None:
+            if current.user != identity.user:
+                raise ProtocolError(
+                    "token-other-user", "a new token must be for the same user", "chat-auth"
+                )
+            self._identify(session, identity)
+            return None
+        if session.name is not None:
+            raise ProtocolError(
+                "already-guest",
+                "this connection has a guest name; connect again to use a token",
+                "chat-auth",
+            )
+        member = session.member
+        if self.sanctions:
+            banned = self.sanctions.find("ban", keys_of(identity.name, identity.user))
+            if banned is not None:
+                self.close(member, CLOSE_POLICY, _sanction_text(banned, "banned"))
+                return None
+        name = identity.name
+        key = name.casefold()
+        owner = self._reserved.get(key)
+        if owner is not None and owner[0] != identity.user:
+            raise ProtocolError("username-taken", f"{name!r} is another user's name", "chat-auth")
+
+        def claimed(ok: bool) -> None:
+            if not ok:
+                raise ProtocolError(
+                    "username-taken", f"{name!r} is another user's name", "chat-auth"
+                )
+            if self.sessions.get(member) is not session:
+                return
+            self._reserved[key] = (identity.user, name)
+            guest = self._names.get(key)
+            if guest is not None and guest is not session:
+                self._displace(guest)
+            session.name = name
+            self._connections_of.setdefault(identity.user, {})[session] = None
+            self._identify(session, identity)
+
+        def refused(failure: Failure) -> None:
+            if failure.check(Unavailable):
+                raise unavailable("chat-auth")
+            failure.raiseException()
+
+        d = self.backplane.claim(name, member.conn_id, identity.user).addCallbacks(claimed, refused)
+        return self._then(d, session, lambda: self._after_auth(session))
+
+    def _after_auth(self, session: Session) -> Deferred[None] | None:
+        if session.member.dialect is TEXT and not session.rooms:
+            return self._carry_out(session, Join(DEFAULT_ROOM))  # as a guest's would
+        return None
+
+    def _identify(self, session: Session, identity: Identity) -> None:
+        """Take a verified token: who, until when; rooms no longer granted are left."""
+        member = session.member
+        session.identity = identity
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
+        if identity.expires is not None:
+            left = identity.expires + self.auth.leeway - self.seconds()
+            session.timer = self.clock.callLater(max(left, 0), self._expired, member, session)
+        for room in list(session.rooms):
+            if (
+                self.auth.is_private(room)
+                and not room.startswith(DM_PREFIX)
+                and not identity.may_enter(room)
+            ):
+                self._leave(session, room, tell_leaver=True)
+                member.send_event(
+                    ProtocolError("forbidden", f"#{room} is no longer yours", "chat-auth").event()
+                )
+        expires = None if identity.expires is None else iso_time(identity.expires)
+        member.send_event(
+            (
+                "chat-authenticated",
+                {
+                    "user": identity.user,
+                    "username": identity.name,
+                    "admin": identity.admin,
+                    "rooms": list(identity.rooms),
+                    "expires": expires,
+                },
+            )
+        )
+        _log.info(
+            "conn={conn_id} identified user={user} name={username} admin={admin}",
+            conn_id=member.conn_id,
+            user=identity.user,
+            username=identity.name,
+            admin=identity.admin,
+        )
+
+    def _displace(self, guest: Session) -> None:
+        """A guest here has the name an identified user just took: it gets a guest name."""
+        old = guest.name
+        assert old is not None
+        new = self.guest_name(guest.member)
+        self._names.pop(old.casefold(), None)
+        self._names[new.casefold()] = guest
+        guest.name = new
+        self.backplane.release(old, guest.member.conn_id)
+        self.backplane.claim(new, guest.member.conn_id).addErrback(lambda _: None)
+        guest.member.send_event(
+            (
+                "chat-notice",
+                {
+                    "message": f"{old} is an identified user's name; you are {new} now",
+                    "time": self._now(),
+                },
+            )
+        )
+        self._renamed(guest, old, new)
+
+    def _unidentified(self, member: Member, session: Session) -> None:
+        """``--auth required``: no valid token in time."""
+        session.timer = None
+        if self.sessions.get(member) is session and session.identity is None:
+            _log.info("conn={conn_id} closed: no token in time", conn_id=member.conn_id)
+            self.close(member, CLOSE_POLICY, "authentication required")
+
+    def _expired(self, member: Member, session: Session) -> None:
+        session.timer = None
+        if self.sessions.get(member) is session:
+            _log.info("conn={conn_id} closed: its token expired", conn_id=member.conn_id)
+            self.close(member, CLOSE_POLICY, "token expired")
+
+    def _user_of(self, name: str) -> Deferred[str | None]:
+        """The user id of the identified user called `name`, if there is one."""
+        known = self._reserved.get(name.casefold())
+        if known is not None:
+            return succeed(known[0])
+        return self.backplane.holder(name)
+
+    def _direct(self, session: Session, command: Direct) -> Deferred[None] | None:
+        """``chat-join`` ``with``: the conversation of two identified users."""
+        identity = session.identity
+        if identity is None:
+            raise ProtocolError(
+                "forbidden",
+                "direct messages are between identified users; send chat-auth first",
+                "chat-join",
+            )
+        other = command.username
+        if session.name is not None and other.casefold() == session.name.casefold():
+            raise ProtocolError("bad-payload", "that is you", "chat-join")
+        member = session.member
+
+        def found(user: str | None) -> Deferred[None] | None:
+            if user is None:
+                raise ProtocolError(
+                    "no-such-user", f"{other!r} is not an identified user", "chat-join"
+                )
+            if self.sessions.get(member) is not session:
+                return None
+            room = dm_room(identity.user, user)
+            known = self._reserved.get(other.casefold())
+            name = known[1] if known is not None and known[0] == user else other
+            member.send_event(("chat-direct", {"room": room, "with": name}))
+            if command.since is None:
+                # Tell the other one's connections, everywhere (their clients join too).
+                order = {"kind": "direct", "user": user, "room": room, "with": session.name}
+                self._obey(order)
+                self.backplane.order(order)
+            return self._enter(session, Join(room, since=command.since))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(Unavailable):
+                raise unavailable("chat-join")
+            failure.raiseException()
+
+        d = self._user_of(other).addCallbacks(found, failed)
+        d.addErrback(self._failed, session)
+        return d
+
+    def _moderation(self, session: Session, command: Moderate | Delete) -> None:
+        """A moderator's command from the chat (answered with ``chat-moderated``)."""
+        kind = _TYPES.get(type(command)) or f"chat-{getattr(command, 'action', '')}"
+        identity = session.identity
+        if identity is None or not identity.admin:
+            raise ProtocolError("forbidden", "only moderators may do that", kind)
+        actor = session.name or identity.user
+        member = session.member
+        done: Deferred[dict[str, Any]]
+        if isinstance(command, Delete):
+            done = self.delete_message(actor, command.room, command.id)
+        else:
+            done = self.moderate(actor, command)
+
+        def answered(result: dict[str, Any]) -> None:
+            if self.sessions.get(member) is session:
+                member.send_event(("chat-moderated", result))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(Unavailable):
+                raise unavailable(kind)
+            failure.raiseException()
+
+        done.addCallbacks(answered, failed).addErrback(self._failed, session)
+
+    def moderate(self, actor: str, command: Moderate) -> Deferred[dict[str, Any]]:
+        """Kick, ban or mute a user, on every instance (the chat and the HTTP API).
+
+        Returns:
+            What was done (the ``chat-moderated`` payload), once done here.
+        """
+        action = command.action
+        duration = command.duration
+        if duration is None:
+            duration = DEFAULT_DURATIONS.get(action, 0.0)
+
+        def found(user: str | None) -> dict[str, Any]:
+            until = None if action == "kick" else self.seconds() + duration
+            order: dict[str, Any] = {
+                "kind": action,
+                "name": command.username,
+                "user": user,
+                "room": command.room,
+                "until": until,
+                "by": actor,
+                "reason": command.reason,
+            }
+            _log.info(
+                "moderation: {by} {action} {target} user={user} room={room} "
+                "duration={duration} reason={reason!r}",
+                by=actor,
+                action=action if duration or action == "kick" else f"un{action}",
+                target=command.username,
+                user=user,
+                room=command.room,
+                duration=duration,
+                reason=command.reason,
+            )
+            self._obey(order)
+            self.backplane.order(order)
+            result: dict[str, Any] = {"action": action, "username": command.username, "by": actor}
+            if command.room is not None:
+                result["room"] = command.room
+            if until is not None:
+                result["until"] = iso_time(until) if duration else None
+            return result
+
+        return self._user_of(command.username).addCallback(found)
+
+    def delete_message(self, actor: str, room: str, message_id: int) -> Deferred[dict[str, Any]]:
+        """Remove a message from `room` and its history; its members see ``chat-delete``.
+
+        Raises (through the Deferred):
+            ProtocolError: ``no-such-message``.
+        """
+
+        def deleted(found: bool) -> dict[str, Any]:
+            if not found:
+                raise ProtocolError(
+                    "no-such-message", f"#{room} keeps no message {message_id}", "chat-delete"
+                )
+            _log.info(
+                "moderation: {by} delete {id} room={room}", by=actor, id=message_id, room=room
+            )
+            self._deleted(room, message_id, actor)
+            return {"action": "delete", "room": room, "id": message_id, "by": actor}
+
+        return self.backplane.delete(room, message_id, actor).addCallback(deleted)
+
+    def _deleted(self, name: str, message_id: int, by: str) -> None:
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        room.history_frames.clear()
+        for waiting in room.joining.values():
+            waiting[:] = [m for m in waiting if m.id != message_id]
+        self._to_room(room, ("chat-delete", {"room": name, "id": message_id, "by": by}))
+
+    def _obey(self, order: dict[str, Any]) -> None:
+        """Carry out a moderator's (or a direct conversation's) order here."""
+        kind = order.get("kind")
+        if kind == "direct":
+            event: Event = ("chat-direct", {"room": order["room"], "with": order["with"]})
+            for session in list(self._connections_of.get(order["user"], ())):
+                session.member.send_event(event)
+            return
+        if kind not in ("kick", "ban", "mute"):
+            _log.warn("ignored an order of unknown kind {kind!r}", kind=kind)
+            return
+        targets = keys_of(order["name"], order.get("user"))
+        room, by, reason = order.get("room"), order.get("by", "?"), order.get("reason", "")
+        until = order.get("until")
+        if kind != "kick" and until is not None:
+            for key in targets:
+                self.sanctions.impose(Sanction(kind, key, room, float(until), by, reason))
+        lifted = until is not None and float(until) <= self.seconds()
+        for session in [s for s in self.sessions.values() if set(s.keys()) & set(targets)]:
+            member = session.member
+            because = f": {reason}" if reason else ""
+            if kind == "kick":
+                self.close(member, CLOSE_POLICY, f"kicked by {by}{because}")
+                continue
+            if kind == "ban" and room is None and not lifted:
+                self.close(member, CLOSE_POLICY, f"banned by {by}{because}")
+                continue
+            if kind == "ban" and room in session.rooms and not lifted:
+                self._leave(session, room, tell_leaver=True)
+            where = f" in #{room}" if room else ""
+            if lifted:
+                text = f"your {kind}{where} was lifted by {by}"
+            else:
+                done = "banned" if kind == "ban" else "muted"
+                ends = iso_time(float(until or 0))
+                text = f"you were {done}{where} by {by} until {ends}{because}"
+            member.send_event(("chat-notice", {"message": text, "time": self._now()}))
+
     # Presence and what joiners get.
 
     def _is_large(self, room: Room) -> bool:
@@ -800,7 +1285,9 @@ class Hub:
             return
         kind = event.kind
         if kind == "join":
-            self._remote_joined(room, event.member, event.name)
+            self._remote_joined(room, event.member, event.name, event.user)
+        elif kind == "delete":
+            self._deleted(room.name, event.id, event.name)
         elif kind == "leave":
             self._remote_left(room, event.member)
         elif kind == "nick":
@@ -820,32 +1307,32 @@ class Hub:
                     room.roster.rename(room.remote[member], name)
                     room.remote[member] = name
 
-    def _remote_joined(self, room: Room, member: str, name: str) -> None:
+    def _remote_joined(self, room: Room, member: str, name: str, user: str = "") -> None:
         if member in room.remote:
             return
         room.remote[member] = name
-        room.roster.add(name)
+        if not room.arrived(name, user or None):
+            return  # another connection of the same user
         if self._is_large(room):
             room.changes.join(name)
             self._schedule_presence(room)
         else:
-            event: Event = ("chat-join", {"username": name, "room": room.name, "time": self._now()})
+            event: Event = ("chat-join", self._presence_payload(name, room.name, user or None))
             self._to_room(room, event)
 
     def _remote_left(self, room: Room, member: str) -> None:
         name = room.remote.pop(member, None)
         if name is None:
             return
-        room.roster.remove(name)
+        user = room.identified.get(name)
+        if not room.went(name):
+            return  # the same user is still here through another connection
         if self._is_large(room):
             room.changes.leave(name)
             self._schedule_presence(room)
         else:
             self._flush_presence(room)
-            event: Event = (
-                "chat-leave",
-                {"username": name, "room": room.name, "time": self._now()},
-            )
+            event: Event = ("chat-leave", self._presence_payload(name, room.name, user))
             self._to_room(room, event)
 
     def _remote_renamed(self, room: Room, event: Presence) -> None:

@@ -88,7 +88,53 @@ class Help:
     """Text dialect: list the commands."""
 
 
-Command = Join | Say | Leave | Typing | Nick | Users | Help
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """``chat-auth``: a signed token saying who the client is."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """``chat-join`` with ``with``: the direct conversation with another user."""
+
+    username: str
+    since: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Moderate:
+    """``chat-kick``, ``chat-ban``, ``chat-mute`` (moderators only).
+
+    Attributes:
+        action: ``kick``, ``ban`` or ``mute``.
+        duration: Seconds (0 lifts a ban or mute); None for the default.
+    """
+
+    action: str
+    username: str
+    room: str | None = None
+    duration: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """``chat-delete``: remove a message from a room and its history (moderators only)."""
+
+    room: str
+    id: int
+
+
+Command = (
+    Join | Say | Leave | Typing | Nick | Users | Help | Authenticate | Direct | Moderate | Delete
+)
+
+#: Longest token accepted, in characters.
+MAX_TOKEN_LENGTH = 8192
+#: Longest moderation reason kept, in characters.
+MAX_REASON_LENGTH = 200
 
 
 def clean_username(value: object, type: str | None = None) -> str:
@@ -127,6 +173,52 @@ def _optional_room(payload: dict[str, Any], type: str) -> str | None:
     return None if room is None else check_room(room, type)
 
 
+def _since(payload: dict[str, Any], kind: str) -> int | None:
+    since = payload.get("since")
+    if since is not None and (type(since) is not int or since < 0):
+        raise ProtocolError("bad-payload", "since must be a message id", kind)
+    return since
+
+
+def parse_token(value: object, kind: str = "chat-auth") -> Authenticate:
+    """A ``chat-auth`` token: a non-empty string.
+
+    Raises:
+        ProtocolError: ``bad-payload``.
+    """
+    if not isinstance(value, str) or not 0 < len(value.strip()) <= MAX_TOKEN_LENGTH:
+        raise ProtocolError(
+            "bad-payload", f"token must be a string of 1-{MAX_TOKEN_LENGTH} characters", kind
+        )
+    return Authenticate(value.strip())
+
+
+def parse_moderation(kind: str, payload: dict[str, Any]) -> Moderate:
+    """A ``chat-kick``/``chat-ban``/``chat-mute`` payload (also the HTTP API's bodies).
+
+    Raises:
+        ProtocolError: ``bad-payload``, ``bad-room``, ``bad-username``.
+    """
+    action = kind.removeprefix("chat-")
+    username = clean_username(payload.get("username"), kind)
+    room = None if action == "kick" else _optional_room(payload, kind)
+    duration = payload.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0
+    ):
+        raise ProtocolError("bad-payload", "duration must be a number of seconds", kind)
+    reason = payload.get("reason", "")
+    if not isinstance(reason, str):
+        raise ProtocolError("bad-payload", "reason must be a string", kind)
+    return Moderate(
+        action,
+        username,
+        room,
+        None if duration is None else float(duration),
+        reason.strip()[:MAX_REASON_LENGTH],
+    )
+
+
 def parse_json(data: bytes) -> Command:
     """Parse one JSON-dialect frame.
 
@@ -148,9 +240,9 @@ def parse_json(data: bytes) -> Command:
         raise ProtocolError("bad-payload", "payload must be an object", kind)
 
     if kind == "chat-join":
-        since = payload.get("since")
-        if since is not None and (type(since) is not int or since < 0):
-            raise ProtocolError("bad-payload", "since must be a message id", kind)
+        since = _since(payload, kind)
+        if "with" in payload:
+            return Direct(clean_username(payload["with"], kind), since)
         room = payload.get("room", DEFAULT_ROOM)
         username = payload.get("username")
         return Join(
@@ -174,6 +266,15 @@ def parse_json(data: bytes) -> Command:
         if after is not None and not isinstance(after, str):
             raise ProtocolError("bad-payload", "after must be a username", kind)
         return Users(room=_optional_room(payload, kind), after=after)
+    if kind == "chat-auth":
+        return parse_token(payload.get("token"))
+    if kind in ("chat-kick", "chat-ban", "chat-mute"):
+        return parse_moderation(kind, payload)
+    if kind == "chat-delete":
+        message_id = payload.get("id")
+        if type(message_id) is not int or message_id <= 0:
+            raise ProtocolError("bad-payload", "id must be a message id", kind)
+        return Delete(check_room(payload.get("room"), kind), message_id)
     raise ProtocolError("bad-type", f"unknown type {kind[:40]!r}", kind[:40])
 
 
@@ -199,6 +300,8 @@ def parse_text(line: str) -> Command:
         return Users()
     if command == "help":
         return Help()
+    if command == "auth":
+        return parse_token(argument, "auth")
     raise ProtocolError("bad-type", f"unknown command /{command[:20]}; try /help")
 
 
@@ -241,6 +344,12 @@ def _line(kind: str, p: dict[str, Any]) -> str | None:
         return _presence_line(p)
     if kind == "chat-info":  # text dialect only: answers to /help
         return f"* {p['message']}"
+    if kind == "chat-authenticated":
+        return f"* You are {p['username']} (identified)"
+    if kind == "chat-delete":
+        return f"* a message in #{p['room']} was deleted by {p['by']}"
+    if kind == "chat-moderated":
+        return f"* done: {p['action']} {p.get('username', p.get('id'))}"
     return None
 
 

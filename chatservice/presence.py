@@ -6,7 +6,7 @@ Specified in docs/protocol.md ("Large rooms").
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from heapq import nsmallest
 from typing import Any
 
@@ -25,25 +25,46 @@ class Roster:
 
     Adding or removing a name costs a binary search and a move of the list's
     tail (a C ``memmove``), so a page of names never needs a sort.  Names are
-    unique case-insensitively (the hub guarantees it).
+    unique case-insensitively (the hub guarantees it), but one identified
+    user may be there several times (two tabs, a phone, other instances): a
+    name is listed once, and counted, so that it goes with its last.
     """
 
-    __slots__ = ("_names",)
+    __slots__ = ("_names", "_repeats")
 
     def __init__(self) -> None:
         self._names: list[str] = []
+        #: Names that are here more than once, and how many more times.
+        self._repeats: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._names)
 
-    def add(self, name: str) -> None:
-        insort(self._names, name, key=_key)
+    def add(self, name: str) -> bool:
+        """Add a name; True if it was not here yet."""
+        names = self._names
+        at = bisect_left(names, _key(name), key=_key)
+        if at < len(names) and names[at] == name:
+            self._repeats[name] = self._repeats.get(name, 0) + 1
+            return False
+        names.insert(at, name)
+        return True
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str) -> bool:
+        """Remove a name once; True if it is gone (its last time here)."""
+        repeats = self._repeats.get(name)
+        if repeats:
+            if repeats == 1:
+                del self._repeats[name]
+            else:
+                self._repeats[name] = repeats - 1
+            return False
         names = self._names
         at = bisect_left(names, _key(name), key=_key)
         if at < len(names) and names[at] == name:
             del names[at]
+            return True
+        return False
 
     def rename(self, old: str, new: str) -> None:
         self.remove(old)

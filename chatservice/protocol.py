@@ -34,12 +34,10 @@ from chatservice.config import Config
 from chatservice.frames import TextFrame
 from chatservice.hub import Hub, Session
 from chatservice.messages import (
-    DEFAULT_ROOM,
     JSON,
     TEXT,
     Dialect,
     Event,
-    Join,
     ProtocolError,
     encode_json,
     parse_json,
@@ -549,10 +547,15 @@ class ChatProtocol(ServerProtocol):
     _socket: socket.socket | None = None
     #: What was delivered since the last flush (see `Outbox`), or None.
     _pending: bytes | bytearray | None = None
+    #: The token of the handshake's URL, until the connection is open.
+    _token: str | None = None
 
     def negotiate(self, request: ConnectionRequest) -> str | None:
         chosen = super().negotiate(request)
         self.dialect = JSON if chosen in JSON_SUBPROTOCOLS else TEXT
+        # ``?token=`` of the URL (taken off it by the web resource, so that
+        # no log shows it): it counts as a chat-auth once open.
+        self._token = self.factory.handshake_token
         return chosen
 
     def opened(self) -> None:
@@ -567,8 +570,8 @@ class ChatProtocol(ServerProtocol):
             self._deflate_bits = deflate.server_max_window_bits
         hub = self.factory.hub
         self.session = hub.connect(self)
-        if self.dialect is TEXT:
-            hub.handle(self.session, Join(room=DEFAULT_ROOM, username=hub.guest_name(self)))
+        token, self._token = self._token, None
+        hub.start(self.session, token)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -779,4 +782,6 @@ class ChatFactory(EndpointFactory):
         )
         self.hub = hub
         self.outbox = Outbox(hub.clock)
+        #: The ``?token=`` of the handshake being handled (see web.WebSocketEndpoint).
+        self.handshake_token: str | None = None
         self.max_send_buffer = config.max_send_buffer

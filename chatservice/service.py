@@ -30,6 +30,7 @@ from chatservice.config import Config
 from chatservice.frames import TextFrame
 from chatservice.history import History, ThreadExecutor, immediate_executor
 from chatservice.hub import ChatLimits, Hub
+from chatservice.identity import AuthPolicy
 from chatservice.listening import (
     AnnouncingEndpoint,
     SharedPortEndpoint,
@@ -66,6 +67,7 @@ def make_hub(config: Config, backplane: Backplane, clock: IReactorTime) -> Hub:
         ),
         large_room=config.large_room,
         presence_interval=config.presence_interval,
+        auth=AuthPolicy.from_config(config),
     )
 
 

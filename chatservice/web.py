@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 from chatservice import logs
 from chatservice.api import Api, Health
 from chatservice.backplane import LocalBackplane
-from chatservice.channel import ChatChannel, access_log_formatter
+from chatservice.channel import ChatChannel, access_log_formatter, without_token
 from chatservice.config import Config
 from chatservice.hub import Hub
 from chatservice.metrics import Metrics, MetricsPage, SummedCollector
@@ -105,7 +105,20 @@ class WebSocketEndpoint(WebSocketResource):
             return _UPGRADE_PAGE.format(path=html.escape(self._path)).encode("utf-8")
         channel = request.channel
         transport = channel.transport
-        result: bytes | int = super().render(request)
+        # A token in the URL (``/chat?token=...``) is taken off before
+        # Autobahn sees the request (its debug log shows it whole) and before
+        # the access log is written; the endpoint's factory hands it to the
+        # connection being opened, all within this call.
+        args: dict[bytes, list[bytes]] = request.args or {}
+        tokens = args.pop(b"token", None)
+        if tokens is not None:
+            request.uri = without_token(request.uri)
+        factory: Any = self._factory
+        factory.handshake_token = tokens[0].decode("utf-8", "replace") if tokens else None
+        try:
+            result: bytes | int = super().render(request)
+        finally:
+            factory.handshake_token = None
         if transport is not None and channel.transport is None:
             # Autobahn took the connection over.  Bytes the client sent right
             # behind its handshake (a first frame, say) are still in
