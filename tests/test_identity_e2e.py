@@ -7,15 +7,18 @@ tests/test_identity_scale_out.py.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 import pytest_twisted
-from net import http_request, port_of
+from net import http_request, port_of, start_twistd
 from test_chat_e2e import chat, send, until
 from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed
@@ -481,3 +484,96 @@ async def test_required_auth_closes_the_unidentified_and_the_expired(serve: Serv
     assert seen["other_user"]["code"] == "token-other-user"
     assert "* You are tom (identified)" in seen["text"]
     assert "* Users in #lobby: tom" in seen["text"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_signed_with_a_private_key_and_checked_with_its_public_key(
+    serve: Serve, tmp_path: Any
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    path = tmp_path / "public.pem"
+    path.write_bytes(public)
+    port = port_of(
+        serve(
+            database=":memory:",
+            auth="required",
+            auth_public_key=str(path),
+            auth_audience="chat.example.com",
+        )
+    )
+    now = int(time.time())
+
+    def signed(**claims: Any) -> str:
+        claims = {"sub": "u1", "name": "alice", "exp": now + 600, **claims}
+        return jwt.encode(claims, key, algorithm="ES256")
+
+    def hmac_signed(claims: dict[str, Any], secret: bytes) -> str:
+        # (PyJWT itself refuses to sign with a public key as the secret.)
+        def part(value: dict[str, Any]) -> str:
+            return jwt.utils.base64url_encode(json.dumps(value).encode()).decode()
+
+        body = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}"
+        mac = hmac.new(secret, body.encode(), hashlib.sha256).digest()
+        return f"{body}.{jwt.utils.base64url_encode(mac).decode()}"
+
+    def scenario() -> list[str]:
+        answers = []
+        with chat(port) as ws:
+            for tok in (
+                signed(aud="elsewhere"),
+                signed(),  # no audience at all
+                # The public key as an HMAC secret: the classic key confusion.
+                hmac_signed({"sub": "u1", "aud": "chat.example.com"}, public),
+                signed(aud="chat.example.com", exp=now - 60),
+            ):
+                send(ws, "chat-auth", token=tok)
+                answers.append(error(ws)["code"])
+            send(ws, "chat-auth", token=signed(aud="chat.example.com"))
+            answers.append(until(ws, "chat-authenticated")["username"])
+        return answers
+
+    assert await deferToThread(scenario) == [
+        "token-wrong-audience",
+        "token-wrong-audience",
+        "token-invalid",
+        "token-expired",
+        "alice",
+    ]
+
+
+def test_no_token_is_written_to_the_log_even_when_debugging(twistd: Path, tmp_path: Path) -> None:
+    server, port = start_twistd(
+        twistd,
+        "--log-level",
+        "debug",
+        "--database",
+        ":memory:",
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--auth",
+        "optional",
+        "--auth-secret",
+        SECRET,
+        cwd=tmp_path,
+    )
+    tok = token("u1", "alice")
+    try:
+        ws, me = identified(port, tok, via_url=True)
+        with ws:
+            enter(ws, "lobby")
+        status, _, _ = http_request(port, "GET", f"/api/rooms?token={ADMIN_TOKEN}")
+        assert status == 200
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=10)
+    assert me["username"] == "alice"
+    assert "identified user=u1" in output  # the log was written, at debug level
+    assert "GET /chat?token=[redacted]" in output  # Autobahn's and the access log's lines
+    assert tok.split(".")[2] not in output
+    assert ADMIN_TOKEN not in output
