@@ -966,13 +966,22 @@ class Hub:
                 )
             self._identify(session, identity)
             return None
-        if session.name is not None:
-            raise ProtocolError(
-                "already-guest",
-                "this connection has a guest name; connect again to use a token",
-                "chat-auth",
-            )
         member = session.member
+        if session.name is not None:
+            if member.dialect is not TEXT:
+                raise ProtocolError(
+                    "already-guest",
+                    "this connection has a guest name; connect again to use a token",
+                    "chat-auth",
+                )
+            # A text client was put in the lobby as a guest (it had no say):
+            # it leaves as one, and comes back identified.
+            for room in list(session.rooms):
+                self._leave(session, room, tell_leaver=True)
+            if self._names.get(session.name.casefold()) is session:
+                del self._names[session.name.casefold()]
+            self.backplane.release(session.name, member.conn_id)
+            session.name = None
         if self.sanctions:
             banned = self.sanctions.find("ban", keys_of(identity.name, identity.user))
             if banned is not None:
@@ -1038,7 +1047,8 @@ class Hub:
                 "chat-authenticated",
                 {
                     "user": identity.user,
-                    "username": identity.name,
+                    # (A refreshed token's name does not rename: the first stays.)
+                    "username": session.name or identity.name,
                     "admin": identity.admin,
                     "rooms": list(identity.rooms),
                     "expires": expires,

@@ -588,7 +588,9 @@ class ChatProtocol(ServerProtocol):
             return
         if self.factory.log_messages:
             _log.debug(
-                "conn={conn_id} received {payload!r}", conn_id=self.conn_id, payload=payload[:200]
+                "conn={conn_id} received {payload!r}",
+                conn_id=self.conn_id,
+                payload=_loggable(payload),
             )
         try:
             if self.dialect is JSON:
@@ -710,6 +712,13 @@ class ChatProtocol(ServerProtocol):
         # The close frame will not get through a full buffer: the closing
         # handshake times out (1 s) and the connection is dropped with its buffer.
         self.factory.hub.close(self, CLOSE_POLICY, "slow consumer")
+
+
+def _loggable(payload: bytes) -> bytes:
+    """What a debug log may show of a received chat frame: never a token."""
+    if b'"chat-auth"' in payload or payload[:5].lower() == b"/auth":
+        return b"(chat-auth: the token is not logged)"
+    return payload[:200]
 
 
 def _transport_buffered(transport: Any) -> int:

@@ -563,17 +563,27 @@ def test_no_token_is_written_to_the_log_even_when_debugging(twistd: Path, tmp_pa
         cwd=tmp_path,
     )
     tok = token("u1", "alice")
+    refresh, tom = token("u1", "alice", refreshed=True), token("u3", "tom")
     try:
         ws, me = identified(port, tok, via_url=True)
         with ws:
             enter(ws, "lobby")
+            send(ws, "chat-auth", token=refresh)
+            until(ws, "chat-authenticated")
+        with chat(port, subprotocol=None) as term:
+            term.send("/auth " + tom)
+            lines = [term.recv(timeout=10) for _ in range(6)]
         status, _, _ = http_request(port, "GET", f"/api/rooms?token={ADMIN_TOKEN}")
         assert status == 200
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=10)
     assert me["username"] == "alice"
+    # A text client put in the lobby as a guest comes back identified.
+    assert "* You are tom (identified)" in lines
     assert "identified user=u1" in output  # the log was written, at debug level
     assert "GET /chat?token=[redacted]" in output  # Autobahn's and the access log's lines
-    assert tok.split(".")[2] not in output
+    for signed in (tok, refresh, tom):
+        assert signed.split(".")[2] not in output
+    assert "the token is not logged" in output
     assert ADMIN_TOKEN not in output
