@@ -27,14 +27,19 @@ A backplane that cannot do its work (Redis is down) fails with `Unavailable`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
+from chatservice import logs
 from chatservice.history import JOIN_HISTORY, History, StoredMessage
+
+_log = Logger(observer=logs.filtered)
 
 #: What a backplane hands each message of a watched room to.
 Listener = Callable[[StoredMessage], None]
@@ -168,6 +173,17 @@ class Backplane(Protocol):
     def order(self, order: dict[str, Any]) -> None:
         """Hand `order` (JSON-able: moderation, direct conversations) to every other instance."""
 
+    def keep_order(self, key: str, order: dict[str, Any], until: float) -> None:
+        """Keep `order` (replacing `key`'s) until `until`, for instances that start later.
+
+        An `until` in the past forgets `key`.  Kept orders are handed to
+        `orders` again, with ``"replayed": true``, by `replay_orders` (and,
+        on Redis, whenever the connection to it comes back).
+        """
+
+    def replay_orders(self) -> None:
+        """Hand the kept orders in force to `orders` (at start)."""
+
 
 class LocalBackplane:
     """One process: the SQLite `History`, messages passed on in-process.
@@ -249,6 +265,17 @@ class LocalBackplane:
 
     def order(self, order: dict[str, Any]) -> None:
         pass
+
+    def keep_order(self, key: str, order: dict[str, Any], until: float) -> None:
+        self.history.keep_order(key, json.dumps(order), until).addErrback(
+            lambda failure: _log.failure("the order {key} could not be kept", failure, key=key)
+        )
+
+    def replay_orders(self) -> None:
+        if self.orders is None:
+            return
+        for body in self.history.orders():
+            self.orders({**json.loads(body), "replayed": True})
 
     def members(self, room: str) -> Deferred[list[str]]:
         return defer.succeed([])

@@ -25,6 +25,7 @@ increasing because all of them are.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,12 @@ CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, id);
 -- One row per room that ever had a message.  newest_id: the last id given in
 -- the room (a `since` above it cannot be genuine).  pruned_id: the highest id
 -- dropped from the room (a `since` below it has missed messages).
+-- Moderators' orders in force (bans, mutes): their JSON, until when.
+CREATE TABLE IF NOT EXISTS orders (
+    key TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
     newest_id INTEGER NOT NULL,
@@ -227,6 +234,8 @@ class History:
         self._db: sqlite3.Connection | None = None
         # Only ever used in the thread the Deferreds fire in.
         self._rooms: dict[str, _Room] = {}
+        #: Moderators' orders in force, by key: their JSON (see `keep_order`).
+        self._orders: dict[str, str] = {}
         #: Called with the seconds from each `append` call to its commit
         #: (only for appends that were stored); e.g. a Histogram's ``observe``.
         self.observe_append: Callable[[float], object] | None = None
@@ -301,7 +310,8 @@ class History:
             `sqlite3.Error` (or `OSError`) that prevented it.
         """
 
-        def loaded(rooms: dict[str, _Room]) -> None:
+        def loaded(found: tuple[dict[str, _Room], dict[str, str]]) -> None:
+            rooms, self._orders = found
             self._rooms = rooms
             _log.info(
                 "history open path={path} keep={keep} rooms={rooms} messages={messages}",
@@ -375,6 +385,28 @@ class History:
         d = self._execute(lambda: self._delete_db(room, message_id))
         return d.addCallback(deleted)
 
+    def orders(self) -> list[str]:
+        """The JSON of the orders kept (`keep_order`) and not over at the last start."""
+        return list(self._orders.values())
+
+    def keep_order(self, key: str, body: str, until: float) -> Deferred[None]:
+        """Keep an order's JSON until `until` (seconds since the epoch), replacing `key`'s.
+
+        An `until` in the past forgets `key`.
+        """
+        sql = "INSERT OR REPLACE INTO orders VALUES (?, ?, ?)"
+        args: tuple[object, ...] = (key, body, until)
+        if until > time.time():
+            self._orders[key] = body
+        else:
+            self._orders.pop(key, None)
+            sql, args = "DELETE FROM orders WHERE key = ?", (key,)
+
+        def run() -> None:
+            self._connection().execute(sql, args)
+
+        return self._execute(run)
+
     def close(self) -> Deferred[None]:
         """Close the database, after everything handed over before.
 
@@ -390,7 +422,7 @@ class History:
             raise RuntimeError("the history is not open")
         return self._db
 
-    def _open_db(self) -> dict[str, _Room]:
+    def _open_db(self) -> tuple[dict[str, _Room], dict[str, str]]:
         if self._db is not None:
             raise RuntimeError("the history is already open")
         # Autocommit mode (isolation_level=None): transactions are explicit.
@@ -416,11 +448,13 @@ class History:
             if "user" not in columns:  # a database of an earlier version
                 db.execute("ALTER TABLE messages ADD COLUMN user TEXT")
             loaded = self._load_and_prune(db)
+            db.execute("DELETE FROM orders WHERE until <= ?", (time.time(),))
+            orders = dict(db.execute("SELECT key, body FROM orders"))
         except BaseException:
             db.close()
             raise
         self._db = db
-        return loaded
+        return loaded, orders
 
     def _load_and_prune(self, db: sqlite3.Connection) -> dict[str, _Room]:
         rooms: dict[str, _Room] = {}

@@ -1205,6 +1205,9 @@ class Hub:
             )
             self._obey(order)
             self.backplane.order(order)
+            if until is not None:
+                key = f"{action}|{command.username.casefold()}|{command.room or ''}"
+                self.backplane.keep_order(key, order, until)
             result: dict[str, Any] = {"action": action, "username": command.username, "by": actor}
             if command.room is not None:
                 result["room"] = command.room
@@ -1261,6 +1264,8 @@ class Hub:
             for key in targets:
                 self.sanctions.impose(Sanction(kind, key, room, float(until), by, reason))
         lifted = until is not None and float(until) <= self.seconds()
+        if order.get("replayed"):
+            return  # kept from before: in force again, nobody told again
         for session in [s for s in self.sessions.values() if set(s.keys()) & set(targets)]:
             member = session.member
             because = f": {reason}" if reason else ""

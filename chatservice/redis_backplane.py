@@ -15,6 +15,7 @@ Keys (``chatservice:`` is the default prefix)::
                                      or "user:<id>" for good (an identified user's)
     chatservice:<db>:notices         pub/sub channel: announcements (/broadcast)
                                      (channels are not per database, hence <db>)
+    chatservice:orders               hash: moderators' orders in force (bans, mutes) -> JSON
     chatservice:instances            set of the instances' ids
     chatservice:instance:<id>        "alive", expiring `ttl` after its last heartbeat
     chatservice:instance:<id>:rooms  set: rooms it has had members in
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -576,6 +578,7 @@ class RedisBackplane:
         if self._connected_before:
             self._restore()
         self._connected_before = True
+        self.replay_orders()
         # Backfills that failed while only the subscriber was back.
         if self._subscriber is not None:
             for room, watch in list(self._watches.items()):
@@ -841,6 +844,35 @@ class RedisBackplane:
             return
         payload = _event({"instance": self.instance, "order": order})
         self._quietly(self._command("publish", self._notices_channel, payload), "order")
+
+    def keep_order(self, key: str, order: dict[str, Any], until: float) -> None:
+        if until > time.time():
+            d = self._command("hset", f"{self.prefix}orders", key, _event(order))
+        else:
+            d = self._command("hdel", f"{self.prefix}orders", key)
+        d.addErrback(
+            lambda failure: _log.warn(
+                "redis: the order {key} could not be kept: {why}",
+                key=key,
+                why=failure.getErrorMessage(),
+            )
+        )
+
+    def replay_orders(self) -> None:
+        if not self._commands_ready:
+            return  # done when the connection comes
+
+        def replay(kept: dict[Any, Any]) -> None:
+            now = time.time()
+            for key, body in kept.items():
+                order = json.loads(body)
+                if float(order.get("until") or 0) <= now:
+                    self._quietly(self._command("hdel", f"{self.prefix}orders", key), "hdel")
+                elif self.orders is not None:
+                    self.orders({**order, "replayed": True})
+
+        d = self._command("hgetall", f"{self.prefix}orders").addCallback(replay)
+        self._quietly(d, "replay orders")
 
     def announce(self, message: str, time: str) -> None:
         if not self._commands_ready:

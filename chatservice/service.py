@@ -149,6 +149,7 @@ class ChatService(MultiService):
                 token=self.config.admin_token,
             )
         self._open_history()
+        self.hub.backplane.replay_orders()  # (on Redis: once connected)
         if self.redis is not None:
             if not self.running:
                 _log.info("redis {address}: connecting", address=str(self.redis.address))

@@ -8,6 +8,7 @@ redis-server) pass the same tests; what only several instances can show
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,39 @@ async def test_orders_and_deletions_reach_the_other_instances(redis_server: Redi
         assert (deleted.room, deleted.id, deleted.name) == ("r", stored.id, "mod")
     finally:
         await gatherResults([one.stop(), two.stop()])
+
+
+@pytest.mark.parametrize("kind", ["local", "redis"])
+@pytest_twisted.ensureDeferred
+async def test_kept_orders_are_handed_on_again_after_a_restart(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    later = time.time() + 600
+    ban = {"kind": "ban", "name": "gus", "until": later, "by": "mod"}
+    mute = {"kind": "mute", "name": "bob", "until": later, "by": "mod"}
+    url = request.getfixturevalue("redis_server").url if kind == "redis" else ""
+
+    async def start() -> Any:
+        if not url:
+            history = History(str(tmp_path / "orders.sqlite3"), 10, immediate_executor)
+            history.open()
+            return LocalBackplane(history)
+        backplane = RedisBackplane(parse_redis_url(url), 10, reactor)
+        backplane.start()
+        await wait_until(lambda: backplane.problem is None)
+        return backplane
+
+    first = await start()
+    first.keep_order("ban|gus|", ban, later)
+    first.keep_order("mute|bob|", mute, later)
+    first.keep_order("mute|bob|", mute, time.time() - 1)  # lifted
+    if isinstance(first, RedisBackplane):
+        await first.stop()
+    second = await start()
+    replayed: list[dict[str, Any]] = []
+    second.orders = replayed.append
+    second.replay_orders()
+    await wait_until(lambda: bool(replayed))
+    assert replayed == [{**ban, "replayed": True}]
+    if isinstance(second, RedisBackplane):
+        await second.stop()

@@ -587,3 +587,39 @@ def test_no_token_is_written_to_the_log_even_when_debugging(twistd: Path, tmp_pa
         assert signed.split(".")[2] not in output
     assert "the token is not logged" in output
     assert ADMIN_TOKEN not in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_outlives_a_restart(serve: Serve, tmp_path: Path) -> None:
+    settings = {
+        "database": str(tmp_path / "chat.sqlite3"),
+        "auth": "optional",
+        "auth_secret": SECRET,
+    }
+    service = serve(**settings)
+    port = port_of(service)
+
+    def ban() -> None:
+        with identified(port, token("m1", "mod", admin=True))[0] as mod:
+            send(mod, "chat-ban", username="bob", duration=600, reason="spam")
+            until(mod, "chat-moderated")
+            send(mod, "chat-mute", username="carol", room="lobby", duration=600)
+            until(mod, "chat-moderated")
+
+    await deferToThread(ban)
+    await service.stopService()
+    port = port_of(serve(**settings))
+
+    def after() -> tuple[tuple[int | None, str], dict[str, Any]]:
+        with chat(port) as bob:
+            send(bob, "chat-auth", token=token("u2", "bob"))
+            banned = closed(bob)
+        with identified(port, token("u3", "carol"))[0] as carol:
+            enter(carol, "lobby")
+            send(carol, "chat-message", message="hello?")
+            muted = error(carol)
+        return banned, muted
+
+    banned, muted = await deferToThread(after)
+    assert banned[0] == 1008 and "banned" in banned[1] and "spam" in banned[1]
+    assert muted["code"] == "muted"

@@ -94,3 +94,9 @@ def test_identity_spans_instances(instances: Callable[..., Instance]) -> None:  
         assert "alice" in until(mod, "chat-users")["users"]
         alice_1.close()
         assert until_where(mod, "chat-leave", username="alice")["user"] == "u1"
+
+    # An instance started later knows the bans and mutes in force.
+    three = instances(*AUTH)
+    with identified(three.port, token("u2", "bob"))[0] as bob_3:
+        send(bob_3, "chat-join", room="lobby")
+        assert error(bob_3)["code"] == "forbidden"
