@@ -1277,7 +1277,7 @@ class Hub:
                 continue
             if kind == "ban" and room in session.rooms and not lifted:
                 self._leave(session, room, tell_leaver=True)
-            where = f" in #{room}" if room else ""
+            where = (f" from #{room}" if kind == "ban" else f" in #{room}") if room else ""
             if lifted:
                 text = f"your {kind}{where} was lifted by {by}"
             else:

@@ -420,6 +420,9 @@ async def test_moderation_and_tokens_through_the_http_api(port: int) -> None:
             seen["kick"] = api(port, "POST", "/api/users/gus/kick", {"reason": "spam"})
             seen["kicked"] = closed(guest)
             seen["bad"] = api(port, "POST", "/api/users/gus/ban", {"duration": "forever"})
+            seen["ban"] = api(port, "POST", "/api/users/erin/ban", {"room": "lobby"})
+            seen["ban_leave"] = until_where(erin, "chat-leave", username="erin")
+            seen["ban_notice"] = until(erin, "chat-notice")
         return seen
 
     seen = await deferToThread(scenario)
@@ -436,6 +439,10 @@ async def test_moderation_and_tokens_through_the_http_api(port: int) -> None:
     assert seen["kick"][0] == 200
     assert seen["kicked"] == (1008, "kicked by api: spam")
     assert seen["bad"][0] == 400
+    status, banned = seen["ban"]
+    assert status == 200 and banned["action"] == "ban" and banned["room"] == "lobby"
+    assert banned["until"]  # an hour, by default
+    assert seen["ban_notice"]["message"].startswith("you were banned from #lobby by api until")
 
 
 @pytest_twisted.ensureDeferred
