@@ -237,16 +237,26 @@ class LocalBackplane:
     def rooms(self) -> Deferred[list[str]]:
         return defer.succeed(self.history.rooms())
 
-    # Nobody elsewhere: the hub's own names and rooms are all there is.
+    # Names: the hub keeps who has which name now; users' names are kept for
+    # good in the history's database (what the Redis names hash does for many).
 
     def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
+        holder = self.history.user_of(name)
+        if holder is not None and holder != user:
+            return defer.succeed(False)
+        if user is not None and holder is None:
+            self.history.reserve(name, user).addErrback(
+                lambda failure: _log.failure("the name {name!r} was not kept", failure, name=name)
+            )
         return defer.succeed(True)
 
     def holder(self, name: str) -> Deferred[str | None]:
-        return defer.succeed(None)  # the hub knows every name there is
+        return defer.succeed(self.history.user_of(name))
 
     def release(self, name: str, conn_id: int) -> None:
         pass
+
+    # Nobody elsewhere: the hub's own members are all there is.
 
     def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
         pass

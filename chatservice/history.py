@@ -61,6 +61,11 @@ CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, id);
 -- One row per room that ever had a message.  newest_id: the last id given in
 -- the room (a `since` above it cannot be genuine).  pruned_id: the highest id
 -- dropped from the room (a `since` below it has missed messages).
+-- Identified users' names (casefolded): theirs for good.
+CREATE TABLE IF NOT EXISTS names (
+    folded TEXT PRIMARY KEY,
+    user TEXT NOT NULL
+) WITHOUT ROWID;
 -- Moderators' orders in force (bans, mutes): their JSON, until when.
 CREATE TABLE IF NOT EXISTS orders (
     key TEXT PRIMARY KEY,
@@ -236,6 +241,8 @@ class History:
         self._rooms: dict[str, _Room] = {}
         #: Moderators' orders in force, by key: their JSON (see `keep_order`).
         self._orders: dict[str, str] = {}
+        #: Identified users' names, casefolded, and their user ids (see `reserve`).
+        self._names: dict[str, str] = {}
         #: Called with the seconds from each `append` call to its commit
         #: (only for appends that were stored); e.g. a Histogram's ``observe``.
         self.observe_append: Callable[[float], object] | None = None
@@ -310,8 +317,8 @@ class History:
             `sqlite3.Error` (or `OSError`) that prevented it.
         """
 
-        def loaded(found: tuple[dict[str, _Room], dict[str, str]]) -> None:
-            rooms, self._orders = found
+        def loaded(found: tuple[dict[str, _Room], dict[str, str], dict[str, str]]) -> None:
+            rooms, self._orders, self._names = found
             self._rooms = rooms
             _log.info(
                 "history open path={path} keep={keep} rooms={rooms} messages={messages}",
@@ -389,6 +396,20 @@ class History:
         """The JSON of the orders kept (`keep_order`) and not over at the last start."""
         return list(self._orders.values())
 
+    def user_of(self, name: str) -> str | None:
+        """The user id whose name `name` is (any case), if an identified user took it."""
+        return self._names.get(name.casefold())
+
+    def reserve(self, name: str, user: str) -> Deferred[None]:
+        """Make `name` (any case) user `user`'s, for good."""
+        folded = name.casefold()
+        self._names[folded] = user
+
+        def run() -> None:
+            self._connection().execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (folded, user))
+
+        return self._execute(run)
+
     def keep_order(self, key: str, body: str, until: float) -> Deferred[None]:
         """Keep an order's JSON until `until` (seconds since the epoch), replacing `key`'s.
 
@@ -422,7 +443,7 @@ class History:
             raise RuntimeError("the history is not open")
         return self._db
 
-    def _open_db(self) -> tuple[dict[str, _Room], dict[str, str]]:
+    def _open_db(self) -> tuple[dict[str, _Room], dict[str, str], dict[str, str]]:
         if self._db is not None:
             raise RuntimeError("the history is already open")
         # Autocommit mode (isolation_level=None): transactions are explicit.
@@ -450,11 +471,12 @@ class History:
             loaded = self._load_and_prune(db)
             db.execute("DELETE FROM orders WHERE until <= ?", (time.time(),))
             orders = dict(db.execute("SELECT key, body FROM orders"))
+            names = dict(db.execute("SELECT folded, user FROM names"))
         except BaseException:
             db.close()
             raise
         self._db = db
-        return loaded, orders
+        return loaded, orders, names
 
     def _load_and_prune(self, db: sqlite3.Connection) -> dict[str, _Room]:
         rooms: dict[str, _Room] = {}

@@ -638,12 +638,17 @@ class Hub:
                     "forbidden",
                     'direct conversations are joined with chat-join {"with": username}',
                     "chat-join",
+                    {"room": room},
                 )
             if session.identity is None or not session.identity.may_enter(room):
-                raise ProtocolError("forbidden", f"#{room} is a private room", "chat-join")
+                raise ProtocolError(
+                    "forbidden", f"#{room} is a private room", "chat-join", {"room": room}
+                )
         banned = self.sanctions.find("ban", session.keys(), room) if self.sanctions else None
         if banned is not None:
-            raise ProtocolError("forbidden", _sanction_text(banned, "banned"), "chat-join")
+            raise ProtocolError(
+                "forbidden", _sanction_text(banned, "banned"), "chat-join", {"room": room}
+            )
 
     def _enter(self, session: Session, command: Join) -> Deferred[None] | None:
         """Join a room; a Deferred until its history is sent (None if at once)."""
@@ -1112,16 +1117,20 @@ class Hub:
                 "forbidden",
                 "direct messages are between identified users; send chat-auth first",
                 "chat-join",
+                {"with": command.username},
             )
         other = command.username
         if session.name is not None and other.casefold() == session.name.casefold():
-            raise ProtocolError("bad-payload", "that is you", "chat-join")
+            raise ProtocolError("bad-payload", "that is you", "chat-join", {"with": other})
         member = session.member
 
         def found(user: str | None) -> Deferred[None] | None:
             if user is None:
                 raise ProtocolError(
-                    "no-such-user", f"{other!r} is not an identified user", "chat-join"
+                    "no-such-user",
+                    f"{other!r} is not an identified user",
+                    "chat-join",
+                    {"with": other},
                 )
             if self.sessions.get(member) is not session:
                 return None

@@ -29,18 +29,25 @@ class ProtocolError(Exception):
         code: The machine-readable error code (docs/protocol.md lists them).
         reason: What is wrong, for people.
         type: The type of the frame that caused it, when known.
+        about: What it was about, when a client may have several such frames
+            in flight (``{"room": ...}`` or ``{"with": ...}`` of a refused join).
     """
 
-    def __init__(self, code: str, reason: str, type: str | None = None) -> None:
+    def __init__(
+        self, code: str, reason: str, type: str | None = None, about: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
         self.type = type
+        self.about = about
 
     def event(self) -> Event:
         payload: dict[str, Any] = {"code": self.code, "reason": self.reason}
         if self.type is not None:
             payload["type"] = self.type
+        if self.about:
+            payload.update(self.about)
         return ("chat-error", payload)
 
 

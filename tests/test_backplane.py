@@ -316,13 +316,10 @@ async def test_a_users_name_is_theirs_for_good(make: Make) -> None:
     assert await backplane.claim("alice", 2, "u1") is True  # the user takes it over
     assert await backplane.claim("ALICE", 3, "u1") is True  # another tab
     backplane.release("alice", 2)
-    if isinstance(backplane, RedisBackplane):
-        assert await backplane.claim("alice", 4, "u2") is False
-        assert await backplane.claim("alice", 5) is False
-        assert await backplane.holder("Alice") == "u1"
-        assert await backplane.holder("bob") is None
-    else:  # one process: the hub keeps its names (tests/test_hub_identity.py)
-        assert await backplane.holder("alice") is None
+    assert await backplane.claim("alice", 4, "u2") is False
+    assert await backplane.claim("alice", 5) is False
+    assert await backplane.holder("Alice") == "u1"
+    assert await backplane.holder("bob") is None
 
 
 @pytest_twisted.ensureDeferred

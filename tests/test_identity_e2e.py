@@ -630,3 +630,45 @@ async def test_a_ban_outlives_a_restart(serve: Serve, tmp_path: Path) -> None:
     banned, muted = await deferToThread(after)
     assert banned[0] == 1008 and "banned" in banned[1] and "spam" in banned[1]
     assert muted["code"] == "muted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_and_conversations_outlive_a_restart(serve: Serve, tmp_path: Path) -> None:
+    settings = {
+        "database": str(tmp_path / "chat.sqlite3"),
+        "auth": "optional",
+        "auth_secret": SECRET,
+    }
+    service = serve(**settings)
+    port = port_of(service)
+
+    def before() -> str:
+        with identified(port, token("u2", "bob"))[0]:
+            pass
+        with identified(port, token("u1", "alice"))[0] as alice:
+            send(alice, "chat-join", **{"with": "bob"})
+            room = until(alice, "chat-direct")["room"]
+            until(alice, "chat-history")
+            send(alice, "chat-message", room=room, message="before the restart")
+            until_where(alice, "chat-message", room=room)
+        return str(room)
+
+    room = await deferToThread(before)
+    await service.stopService()
+    port = port_of(serve(**settings))
+
+    def after() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        # Bob is not back, yet alice finds him by name; a guest cannot be him.
+        with chat(port) as guest:
+            send(guest, "chat-join", username="Bob")
+            taken = error(guest)
+        with identified(port, token("u1", "alice"))[0] as alice:
+            send(alice, "chat-join", **{"with": "bob"})
+            opened = until(alice, "chat-direct")
+            history = until(alice, "chat-history")
+        return taken, opened, history
+
+    taken, opened, history = await deferToThread(after)
+    assert taken["code"] == "username-taken"
+    assert opened == {"room": room, "with": "bob"}
+    assert [m["message"] for m in history["messages"]] == ["before the restart"]
