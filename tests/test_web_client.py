@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, Twistd
-from playwright.sync_api import Browser, Dialog, Locator, Page, Playwright, expect, sync_playwright
+from browser import CHROMIUM, CHROMIUM_ARGS, Twistd, free_port
+from playwright.sync_api import (
+    Browser,
+    Dialog,
+    Locator,
+    Page,
+    Playwright,
+    Route,
+    WebSocket,
+    expect,
+    sync_playwright,
+)
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
@@ -45,10 +57,10 @@ def start_server(twistd: Path, tmp_path: Path) -> Iterator[Callable[..., Twistd]
     """Start twistd with these options (and a database in tmp_path unless given)."""
     started: list[Twistd] = []
 
-    def start(*args: str) -> Twistd:
+    def start(*args: str, port: int | None = None) -> Twistd:
         if "--database" not in args:
             args = ("--database", str(tmp_path / "chat.sqlite3"), *args)
-        server = Twistd(twistd, tmp_path, *args)
+        server = Twistd(twistd, tmp_path, *args, port=port)
         started.append(server)
         server.start()
         return server
@@ -71,12 +83,17 @@ class Pages:
         self.contexts: list[Any] = []
         self.errors: list[str] = []
 
-    def open(self, url: str, **context_options: Any) -> Page:
+    def open(
+        self, url: str, *, before: Callable[[Page], None] | None = None, **context_options: Any
+    ) -> Page:
+        """A new page at `url`; `before(page)` runs before it loads (to listen from the start)."""
         context = self.browser.new_context(**context_options)
         self.contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("dialog", self._dialog)
+        if before is not None:
+            before(page)
         page.goto(url)
         return page
 
@@ -109,7 +126,8 @@ def enter_chat(page: Page, name: str) -> None:
 
 
 def message_box(page: Page) -> Locator:
-    return page.get_by_role("textbox", name=re.compile(r"^Message #"))
+    """The message box of the room shown (#room) or direct conversation (@name)."""
+    return page.get_by_role("textbox", name=re.compile(r"^Message [#@]"))
 
 
 def say(page: Page, text: str) -> None:
@@ -645,3 +663,465 @@ def test_screenshot_of_the_main_view(
         assert width <= viewport["width"]
         REPORTS.mkdir(exist_ok=True)
         page.screenshot(path=str(REPORTS / f"{name}.png"))
+
+
+# Identities (sign-in links), private rooms, direct messages, moderation
+# (docs/protocol.md "Identity"; the design in issue 12).
+
+#: The service's HS256 secret in these tests (32 bytes or more: no weak-key warning).
+SECRET = "web-client-test-secret-0123456789abcdef"
+
+
+def sign(
+    sub: str,
+    name: str,
+    *,
+    admin: bool = False,
+    rooms: tuple[str, ...] = (),
+    ttl: float = 600,
+    exp: int | None = None,
+    secret: str = SECRET,
+) -> str:
+    """A token as the site the users signed in to would issue it (`exp`, or now + `ttl`)."""
+    claims: dict[str, Any] = {"sub": sub, "name": name, "admin": admin}
+    claims["exp"] = exp if exp is not None else int(time.time() + ttl)
+    if rooms:
+        claims["rooms"] = list(rooms)
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@pytest.fixture
+def auth_server(start_server: Callable[..., Twistd]) -> Twistd:
+    return start_server("--auth", "optional", "--auth-secret", SECRET, "--private-room", "staff-*")
+
+
+def server_log(server: Twistd) -> str:
+    """Everything the server wrote (every start)."""
+    return "".join(
+        path.read_text(errors="replace")
+        for path in sorted(server.cwd.glob(f"twistd-{server.port}-*.log"))
+    )
+
+
+def signed_in(page: Page, name: str) -> None:
+    """A sign-in link: no name asked, the lobby opens, the top bar says who you are."""
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    expect(page.get_by_role("heading", name="#lobby")).to_be_visible()
+    expect(page.get_by_label("Your name", exact=True)).to_be_hidden()
+    banner = page.get_by_role("banner")
+    expect(banner).to_contain_text(f"You are {name}")
+    expect(banner.get_by_role("img", name="identified user")).to_be_visible()
+    expect(banner.get_by_role("button", name="Change name")).to_be_hidden()
+
+
+def member(page: Page, name: str) -> Locator:
+    """The member list's entry for `name` (with " (you)" for yourself)."""
+    return members(page).filter(has_text=re.compile(f"^{re.escape(name)}\\b"))
+
+
+def member_actions(page: Page, name: str) -> Locator:
+    """Open what you can do with member `name`: a group of buttons."""
+    page.get_by_role("complementary").get_by_role("button", name=name, exact=True).click()
+    group = page.get_by_role("group", name=f"Actions for {name}")
+    expect(group).to_be_visible()
+    return group
+
+
+def conversation_button(page: Page, name: str) -> Locator:
+    """The direct conversation with `name` in the list of rooms."""
+    return page.get_by_role("navigation", name="Rooms").get_by_role(
+        "button", name=re.compile(f"^@{re.escape(name)}\\b")
+    )
+
+
+def dm_log(page: Page, name: str) -> Locator:
+    return page.get_by_role("log", name=f"Messages with @{name}", include_hidden=True)
+
+
+def dm_said(page: Page, name: str, text: str) -> Locator:
+    return (
+        dm_log(page, name).locator(".msg .text").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+    )
+
+
+def test_a_sign_in_link_identifies_the_user_and_leaves_the_address_bar(
+    auth_server: Twistd, pages: Pages
+) -> None:
+    server = auth_server
+    alice_token = sign("u1", "alice", admin=True)
+    bob_token = sign("u2", "bob")
+    sent: list[str] = []
+    sockets: list[str] = []
+
+    def listen(page: Page) -> None:
+        def opened(ws: WebSocket) -> None:
+            sockets.append(ws.url)
+            ws.on("framesent", lambda payload: sent.append(str(payload)))
+
+        page.on("websocket", opened)
+
+    alice = pages.open(f"{server.url}#token={alice_token}", before=listen)
+    signed_in(alice, "alice")
+    # The token left the address bar (path kept), and no URL the page opened has it.
+    expect(alice).to_have_url(server.url)
+    assert alice_token not in alice.evaluate("location.href")
+    assert sockets == [f"ws://127.0.0.1:{server.port}/chat"]
+    # It went as the connection's first frame, before any join.
+    first = json.loads(sent[0])
+    assert first == {"type": "chat-auth", "payload": {"token": alice_token}}
+    assert json.loads(sent[1])["type"] == "chat-join"
+    # An admin is told so.
+    expect(alice.get_by_role("banner").get_by_text("admin", exact=True)).to_be_visible()
+    expect(member(alice, "alice")).to_have_text("alice✓ (you)")
+    expect(member(alice, "alice").get_by_role("img", name="identified user")).to_be_visible()
+
+    bob = pages.open(f"{server.url}#token={bob_token}")
+    signed_in(bob, "bob")
+    expect(bob.get_by_role("banner").get_by_text("admin", exact=True)).to_be_hidden()
+    guest = pages.open(server.url)
+    enter_chat(guest, "mallory")
+
+    # Identified users are marked in the member lists, guests are not.
+    for page in (alice, bob, guest):
+        expect(members(page)).to_have_count(3)
+        expect(member(page, "alice").get_by_role("img", name="identified user")).to_be_visible()
+        expect(member(page, "bob").get_by_role("img", name="identified user")).to_be_visible()
+        expect(member(page, "mallory").get_by_role("img", name="identified user")).to_have_count(0)
+
+    # ... and in messages.
+    say(alice, "hello from the signed-in alice")
+    say(guest, "hello from a guest")
+    for page in (bob, guest):
+        signed = (
+            log(page, "lobby").locator(".msg").filter(has_text="hello from the signed-in alice")
+        )
+        expect(signed.locator(".author")).to_have_text("alice")
+        expect(signed.get_by_role("img", name="identified user")).to_be_visible()
+        expect(signed.get_by_role("img", name="identified user")).to_have_attribute(
+            "title", "identified user"
+        )
+        anonymous = log(page, "lobby").locator(".msg").filter(has_text="hello from a guest")
+        expect(anonymous.locator(".author")).to_have_text("mallory")
+        expect(anonymous.get_by_role("img", name="identified user")).to_have_count(0)
+
+    # A reload in the same tab keeps the sign-in (the token is in this tab's sessionStorage).
+    bob.reload()
+    signed_in(bob, "bob")
+    expect(bob).to_have_url(server.url)
+    expect(said(bob, "lobby", "hello from the signed-in alice")).to_have_count(1)
+    # A new tab (another session) does not have it: a guest again.
+    other = pages.open(server.url)
+    expect(other.get_by_role("status")).to_have_text("Connected")
+    expect(other.get_by_label("Your name", exact=True)).to_be_visible()
+
+    text = server_log(server)
+    assert "chatservice listening" in text
+    for token in (alice_token, bob_token):
+        assert token not in text
+        assert token.split(".")[2] not in text  # not even its signature
+
+
+def test_a_refused_sign_in_link_is_explained_and_a_guest_may_go_on(
+    auth_server: Twistd, pages: Pages
+) -> None:
+    server = auth_server
+    expired = sign("u1", "alice", ttl=-3600)
+    page = pages.open(f"{server.url}#token={expired}")
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Your sign-in has expired")
+    expect(alert).to_contain_text("You can still join as a guest")
+    expect(page).to_have_url(server.url)
+    enter_chat(page, "visitor")
+    expect(page.get_by_role("banner").get_by_role("img", name="identified user")).to_be_hidden()
+
+    forged = sign("u1", "alice", admin=True, secret="not-the-service-secret-0123456789abcdef")
+    page = pages.open(f"{server.url}#token={forged}")
+    expect(page.get_by_role("alert")).to_contain_text("Your sign-in is not valid")
+    expect(page.get_by_label("Your name", exact=True)).to_be_focused()
+    # Refused tokens are forgotten: a reload asks for a name, with no error.
+    page.reload()
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    expect(page.get_by_label("Your name", exact=True)).to_be_focused()
+    expect(page.get_by_role("alert")).to_have_count(0)
+    text = server_log(server)
+    assert expired not in text
+    assert forged not in text
+
+
+def test_private_rooms_and_direct_messages(auth_server: Twistd, pages: Pages) -> None:
+    server = auth_server
+    alice_token = sign("u1", "alice", admin=True)
+    bob_token = sign("u2", "bob")
+    alice = pages.open(f"{server.url}#token={alice_token}")
+    signed_in(alice, "alice")
+    bob = pages.open(f"{server.url}#token={bob_token}")
+    signed_in(bob, "bob")
+    guest = pages.open(server.url)
+    enter_chat(guest, "mallory")
+
+    # A guest asking for a private room is refused, and the page says so, with a lock.
+    box = guest.get_by_label("Join or create a room")
+    box.fill("staff-x")
+    box.press("Enter")
+    rooms = guest.get_by_role("navigation", name="Rooms")
+    expect(rooms.get_by_role("alert")).to_contain_text("#staff-x")
+    expect(rooms.get_by_role("alert")).to_contain_text("can't join")
+    expect(rooms.get_by_role("alert").get_by_role("img", name="private room")).to_be_visible()
+    expect(room_button(guest, "staff-x")).to_have_count(0)
+    expect(guest.get_by_role("heading", name="#lobby")).to_be_visible()
+    # An admin may go in.
+    join_room(alice, "staff-x")
+    room_button(alice, "lobby").click()
+
+    # A guest has nobody to write to privately: names are plain text.
+    expect(guest.get_by_role("complementary").get_by_role("button", name="alice")).to_have_count(0)
+    # You do not write to yourself.
+    expect(alice.get_by_role("complementary").get_by_role("button", name="alice")).to_have_count(0)
+
+    # alice writes to bob privately: a conversation "@bob" with a lock.
+    member_actions(alice, "bob").get_by_role("button", name="Message bob privately").click()
+    expect(alice.get_by_role("heading", name="@bob")).to_be_visible()
+    expect(
+        alice.get_by_role("heading", name="@bob").get_by_role("img", name="private room")
+    ).to_be_visible()
+    expect(conversation_button(alice, "bob")).to_have_accessible_name("@bob, private room")
+    expect(message_box(alice)).to_have_accessible_name("Message @bob")
+    expect(message_box(alice)).to_have_attribute("placeholder", "Write to @bob")
+    expect(message_box(alice)).to_be_focused()
+    say(alice, "just between us")
+    expect(dm_said(alice, "bob", "just between us")).to_have_count(1)
+
+    # bob's page opens it by itself, says so, and has the message.
+    expect(log(bob, "lobby")).to_contain_text("alice started a private conversation with you")
+    expect(conversation_button(bob, "alice")).to_have_accessible_name(
+        re.compile(r"^@alice, private room")
+    )
+    expect(conversation_button(bob, "alice").get_by_title("private room")).to_be_visible()
+    conversation_button(bob, "alice").click()
+    expect(bob.get_by_role("heading", name="@alice")).to_be_visible()
+    expect(dm_said(bob, "alice", "just between us")).to_have_count(1)
+    expect(dm_said(bob, "alice", "just between us")).to_be_visible()
+    say(bob, "agreed, quietly")
+    expect(dm_said(alice, "bob", "agreed, quietly")).to_have_count(1)
+    # Not in the lobby of anyone.
+    expect(said(alice, "lobby", "just between us")).to_have_count(0)
+    expect(said(bob, "lobby", "agreed, quietly")).to_have_count(0)
+
+    # The guest never sees any of it (what is said after it in the lobby, yes).
+    room_button(alice, "lobby").click()
+    say(alice, "back in the lobby")
+    expect(said(guest, "lobby", "back in the lobby")).to_have_count(1)
+    assert guest.get_by_text("just between us").count() == 0
+    assert guest.get_by_text("agreed, quietly").count() == 0
+    expect(conversation_button(guest, "alice")).to_have_count(0)
+    expect(conversation_button(guest, "bob")).to_have_count(0)
+
+    # Clicking bob again shows the same conversation, not a second one.
+    member_actions(alice, "bob").get_by_role("button", name="Message bob privately").click()
+    expect(alice.get_by_role("heading", name="@bob")).to_be_visible()
+    expect(conversation_button(alice, "bob")).to_have_count(1)
+
+
+def test_an_admin_deletes_messages_kicks_and_mutes(auth_server: Twistd, pages: Pages) -> None:
+    server = auth_server
+    alice = pages.open(f"{server.url}#token={sign('u1', 'alice', admin=True)}")
+    signed_in(alice, "alice")
+    bob = pages.open(f"{server.url}#token={sign('u2', 'bob')}")
+    signed_in(bob, "bob")
+    guest = pages.open(server.url)
+    enter_chat(guest, "mallory")
+
+    say(bob, "a message to be deleted")
+    say(bob, "a message that stays")
+    for page in (alice, guest):
+        expect(said(page, "lobby", "a message that stays")).to_have_count(1)
+    # Only an admin gets Delete buttons.
+    expect(
+        log(bob, "lobby").get_by_role("button", name=re.compile("^Delete message"))
+    ).to_have_count(0)
+    expect(
+        log(guest, "lobby").get_by_role("button", name=re.compile("^Delete message"))
+    ).to_have_count(0)
+    doomed = log(alice, "lobby").locator(".msg").filter(has_text="a message to be deleted")
+    doomed.get_by_role("button", name="Delete message from bob").click()
+    expect(log(alice, "lobby")).to_contain_text("Done: the message was deleted.")
+    for page in (alice, bob, guest):
+        expect(said(page, "lobby", "a message to be deleted")).to_have_count(0)
+        expect(said(page, "lobby", "a message that stays")).to_have_count(1)
+
+    # Muting bob: his messages are refused, with the reason.
+    actions = member_actions(alice, "bob")
+    actions.get_by_label("Reason (optional)").fill("cool down")
+    actions.get_by_role("button", name="Mute bob in #lobby for 10 minutes").click()
+    expect(alice.get_by_role("group", name="Actions for bob")).to_have_count(0)
+    expect(log(alice, "lobby")).to_contain_text(
+        re.compile(r"Done: bob is muted in #lobby until \d")
+    )
+    box = message_box(bob)
+    box.fill("can I still talk?")
+    box.press("Enter")
+    expect(bob.get_by_role("alert")).to_contain_text("You are muted")
+    expect(box).to_have_value("can I still talk?")  # not lost
+    expect(said(alice, "lobby", "can I still talk?")).to_have_count(0)
+
+    # Kicking the guest: disconnected, told why, and not coming back by itself.
+    actions = member_actions(alice, "mallory")
+    actions.get_by_label("Reason (optional)").fill("spamming")
+    actions.get_by_role("button", name="Kick mallory").click()
+    expect(log(alice, "lobby")).to_contain_text("Done: mallory was disconnected.")
+    expect(member(alice, "mallory")).to_have_count(0)
+    status = guest.get_by_role("status")
+    expect(status).to_contain_text("Disconnected")
+    expect(status).to_contain_text("kicked by")
+    expect(status).to_contain_text("spamming")
+    expect(guest.get_by_role("alert")).to_contain_text("You were disconnected: kicked by")
+    reconnect = guest.get_by_role("button", name="Reconnect")
+    expect(reconnect).to_be_visible()
+    guest.wait_for_timeout(2500)  # longer than the first retry would wait
+    expect(status).to_contain_text("Disconnected")
+    expect(member(alice, "mallory")).to_have_count(0)
+    # Guests have no moderator actions; neither do identified users who are not admins.
+    expect(bob.get_by_role("button", name=re.compile("^Kick"))).to_have_count(0)
+    member_actions(bob, "alice")
+    expect(bob.get_by_role("button", name=re.compile("^(Kick|Ban|Mute)"))).to_have_count(0)
+
+
+def test_a_token_is_renewed_from_the_refresh_url_before_it_expires(
+    start_server: Callable[..., Twistd], pages: Pages
+) -> None:
+    port = free_port()
+    refresh_url = f"http://127.0.0.1:{port}/auth/refresh"
+    server = start_server(
+        "--auth", "optional", "--auth-secret", SECRET, "--auth-leeway", "1",
+        "--auth-refresh-url", refresh_url, port=port,
+    )  # fmt: skip
+    # Renewed at 80% of a short life (a minute before a long one's end).
+    expires = int(time.time()) + 8
+    short = sign("u1", "alice", exp=expires)
+    fresh = sign("u1", "alice", ttl=600)
+    asked: list[dict[str, str]] = []
+
+    def refresh(route: Route) -> None:
+        asked.append(route.request.headers)
+        route.fulfill(
+            status=200, content_type="application/json", body=json.dumps({"token": fresh})
+        )
+
+    def before(page: Page) -> None:
+        page.context.add_cookies([{"name": "session", "value": "s1", "url": server.url}])
+        page.route(refresh_url, refresh)
+
+    page = pages.open(f"{server.url}#token={short}", before=before)
+    signed_in(page, "alice")
+    # The server would close at exp + 1 s without a fresh token: it is renewed before.
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    page.wait_for_timeout(max(0.0, expires + 2.5 - time.time()) * 1000)
+    assert len(asked) == 1
+    assert "session=s1" in asked[0].get("cookie", "")
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    say(page, "still signed in")
+    expect(said(page, "lobby", "still signed in")).to_have_count(1)
+    # This tab keeps the fresh one for a reload.
+    assert page.evaluate("sessionStorage.getItem('chatservice.token')") == fresh
+    text = server_log(server)
+    assert short not in text
+    assert fresh not in text
+
+
+def test_refresh_timing_and_a_conversation_someone_else_opened(
+    server: Twistd, pages: Pages
+) -> None:
+    """ChatClient (client.js) alone: when it renews a token; what it sends for a DM."""
+    page = pages.open(server.url)
+    result = page.evaluate(
+        """async () => {
+            const { ChatClient, refreshDelay } = await import("/client.js");
+            const delays = [3600e3, 300e3, 100e3, 10e3, 0].map(refreshDelay);
+            const sent = [];
+            const client = new ChatClient({}, { url: "ws://127.0.0.1:9/none" });
+            client._send = (type, payload) => { sent.push({ type, payload }); return true; };
+            const feed = (type, payload) => client._receive(JSON.stringify({ type, payload }));
+            client.username = "bob";
+            // bob is written to: he joins the conversation too, once.
+            feed("chat-direct", { room: "dm.abc", with: "alice" });
+            feed("chat-direct", { room: "dm.abc", with: "alice" });
+            const hi = { id: 7, room: "dm.abc", username: "alice", message: "hi" };
+            feed("chat-history", { room: "dm.abc", messages: [hi] });
+            // After a reconnect he rejoins it with `since`, like a room.
+            client._joinAll();
+            // A refused private room is remembered as private.
+            client.join("staff-x");
+            feed("chat-error", { code: "forbidden", reason: "private room", type: "chat-join" });
+            clearInterval(client.typingTimer);
+            const has = client.rooms.has("staff-x");
+            return { delays, sent, private: client.isPrivate("staff-x"), has };
+        }"""
+    )
+    assert result["delays"] == [3540e3, 240e3, 80e3, 8e3, 0]
+    assert result["sent"] == [
+        {"type": "chat-join", "payload": {"username": "bob", "with": "alice"}},
+        {"type": "chat-join", "payload": {"username": "bob", "with": "alice", "since": 7}},
+        {"type": "chat-join", "payload": {"username": "bob", "room": "staff-x"}},
+    ]
+    assert result["private"] is True
+    assert result["has"] is False
+
+
+def test_signed_in_pages_come_back_after_a_restart_with_their_conversations(
+    auth_server: Twistd, pages: Pages
+) -> None:
+    server = auth_server
+    alice = pages.open(f"{server.url}#token={sign('u1', 'alice')}")
+    signed_in(alice, "alice")
+    bob = pages.open(f"{server.url}#token={sign('u2', 'bob')}")
+    signed_in(bob, "bob")
+    member_actions(alice, "bob").get_by_role("button", name="Message bob privately").click()
+    say(alice, "before the restart")
+    expect(conversation_button(bob, "alice")).to_be_visible()
+    conversation_button(bob, "alice").click()
+    expect(dm_said(bob, "alice", "before the restart")).to_be_visible()
+
+    server.stop()
+    for page in (alice, bob):
+        expect(page.get_by_role("status")).to_contain_text("Disconnected")
+    # alice comes back first: bob is not there yet when she asks for their conversation.
+    bob.context.set_offline(True)
+    try:
+        server.start()
+        expect(alice.get_by_role("status")).to_have_text("Connected", timeout=20_000)
+        expect(alice.get_by_role("heading", name="@bob")).to_be_visible()
+        alice.wait_for_timeout(500)
+    finally:
+        bob.context.set_offline(False)
+    expect(bob.get_by_role("status")).to_have_text("Connected", timeout=20_000)
+    # Signed in again (the token is sent again), back in the conversation with `since`.
+    for page, other in ((alice, "bob"), (bob, "alice")):
+        expect(dm_log(page, other)).to_contain_text("Reconnected: nothing new while you were away.")
+        expect(
+            page.get_by_role("banner").get_by_role("img", name="identified user")
+        ).to_be_visible()
+        expect(page.get_by_role("heading", name=f"@{other}")).to_be_visible()
+    say(alice, "after the restart")
+    say(bob, "still here")
+    for page, other in ((alice, "bob"), (bob, "alice")):
+        expect(dm_log(page, other).locator(".msg .text")).to_have_text(
+            ["before the restart", "after the restart", "still here"]
+        )
+        expect(conversation_button(page, other)).to_have_count(1)
+
+
+def test_a_chat_that_requires_sign_in_tells_a_guest_so(
+    start_server: Callable[..., Twistd], pages: Pages
+) -> None:
+    server = start_server("--auth", "required", "--auth-secret", SECRET, "--auth-timeout", "30")
+    guest = pages.open(server.url)
+    expect(guest.get_by_role("status")).to_have_text("Connected")
+    guest.get_by_label("Your name", exact=True).fill("visitor")
+    guest.get_by_role("button", name="Join the chat").click()
+    expect(guest.get_by_role("alert")).to_contain_text("This chat needs you to sign in")
+    expect(guest.get_by_role("heading", name="#lobby")).to_be_hidden()
+    # With a sign-in link, in.
+    alice = pages.open(f"{server.url}#token={sign('u1', 'alice')}")
+    signed_in(alice, "alice")
+    say(alice, "members only")
+    expect(said(alice, "lobby", "members only")).to_have_count(1)
