@@ -143,6 +143,12 @@ class Backplane(Protocol):
     def holder(self, name: str) -> Deferred[str | None]:
         """The user id whose name `name` is, if an identified user claimed it."""
 
+    def converse(self, user: str, room: str, other: str) -> None:
+        """Remember that user `user` has the direct conversation `room` with `other` (a name)."""
+
+    def conversations(self, user: str) -> Deferred[dict[str, str]]:
+        """User `user`'s direct conversations: room -> the other's name."""
+
     def release(self, name: str, conn_id: int) -> None:
         """Give back a name `conn_id` claimed."""
 
@@ -252,6 +258,14 @@ class LocalBackplane:
 
     def holder(self, name: str) -> Deferred[str | None]:
         return defer.succeed(self.history.user_of(name))
+
+    def converse(self, user: str, room: str, other: str) -> None:
+        self.history.converse(user, room, other).addErrback(
+            lambda failure: _log.failure("a conversation was not kept", failure)
+        )
+
+    def conversations(self, user: str) -> Deferred[dict[str, str]]:
+        return defer.succeed(self.history.conversations(user))
 
     def release(self, name: str, conn_id: int) -> None:
         pass

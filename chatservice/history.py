@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS names (
     folded TEXT PRIMARY KEY,
     user TEXT NOT NULL
 ) WITHOUT ROWID;
+-- Identified users' direct conversations: the room, and who with (a name).
+CREATE TABLE IF NOT EXISTS conversations (
+    user TEXT NOT NULL,
+    room TEXT NOT NULL,
+    other TEXT NOT NULL,
+    PRIMARY KEY (user, room)
+) WITHOUT ROWID;
 -- Moderators' orders in force (bans, mutes): their JSON, until when.
 CREATE TABLE IF NOT EXISTS orders (
     key TEXT PRIMARY KEY,
@@ -243,6 +250,8 @@ class History:
         self._orders: dict[str, str] = {}
         #: Identified users' names, casefolded, and their user ids (see `reserve`).
         self._names: dict[str, str] = {}
+        #: Identified users' direct conversations: room -> the other's name.
+        self._conversations: dict[str, dict[str, str]] = {}
         #: Called with the seconds from each `append` call to its commit
         #: (only for appends that were stored); e.g. a Histogram's ``observe``.
         self.observe_append: Callable[[float], object] | None = None
@@ -317,8 +326,8 @@ class History:
             `sqlite3.Error` (or `OSError`) that prevented it.
         """
 
-        def loaded(found: tuple[dict[str, _Room], dict[str, str], dict[str, str]]) -> None:
-            rooms, self._orders, self._names = found
+        def loaded(found: tuple[dict[str, _Room], dict[str, str], dict[str, str], Any]) -> None:
+            rooms, self._orders, self._names, self._conversations = found
             self._rooms = rooms
             _log.info(
                 "history open path={path} keep={keep} rooms={rooms} messages={messages}",
@@ -410,6 +419,23 @@ class History:
 
         return self._execute(run)
 
+    def conversations(self, user: str) -> dict[str, str]:
+        """User `user`'s direct conversations: their rooms, and who with."""
+        return dict(self._conversations.get(user, {}))
+
+    def converse(self, user: str, room: str, other: str) -> Deferred[None]:
+        """Remember that `user` has the direct conversation `room` with `other`."""
+        if self._conversations.get(user, {}).get(room) == other:
+            return defer.succeed(None)
+        self._conversations.setdefault(user, {})[room] = other
+
+        def run() -> None:
+            self._connection().execute(
+                "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)", (user, room, other)
+            )
+
+        return self._execute(run)
+
     def keep_order(self, key: str, body: str, until: float) -> Deferred[None]:
         """Keep an order's JSON until `until` (seconds since the epoch), replacing `key`'s.
 
@@ -443,7 +469,7 @@ class History:
             raise RuntimeError("the history is not open")
         return self._db
 
-    def _open_db(self) -> tuple[dict[str, _Room], dict[str, str], dict[str, str]]:
+    def _open_db(self) -> tuple[dict[str, _Room], dict[str, str], dict[str, str], Any]:
         if self._db is not None:
             raise RuntimeError("the history is already open")
         # Autocommit mode (isolation_level=None): transactions are explicit.
@@ -472,11 +498,14 @@ class History:
             db.execute("DELETE FROM orders WHERE until <= ?", (time.time(),))
             orders = dict(db.execute("SELECT key, body FROM orders"))
             names = dict(db.execute("SELECT folded, user FROM names"))
+            conversations: dict[str, dict[str, str]] = {}
+            for user, room, other in db.execute("SELECT user, room, other FROM conversations"):
+                conversations.setdefault(user, {})[room] = other
         except BaseException:
             db.close()
             raise
         self._db = db
-        return loaded, orders, names
+        return loaded, orders, names, conversations
 
     def _load_and_prune(self, db: sqlite3.Connection) -> dict[str, _Room]:
         rooms: dict[str, _Room] = {}

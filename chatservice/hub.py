@@ -1012,6 +1012,9 @@ class Hub:
             session.name = name
             self._connections_of.setdefault(identity.user, {})[session] = None
             self._identify(session, identity)
+            self.backplane.conversations(identity.user).addCallbacks(
+                self._resume, lambda _: None, callbackArgs=(session,)
+            )
 
         def refused(failure: Failure) -> None:
             if failure.check(Unavailable):
@@ -1020,6 +1023,15 @@ class Hub:
 
         d = self.backplane.claim(name, member.conn_id, identity.user).addCallbacks(claimed, refused)
         return self._then(d, session, lambda: self._after_auth(session))
+
+    def _resume(self, conversations: dict[str, str], session: Session) -> None:
+        """A user signed in: its direct conversations (``chat-direct``, ``resumed``)."""
+        if self.sessions.get(session.member) is not session:
+            return
+        for room, other in sorted(conversations.items(), key=lambda item: item[1].casefold()):
+            session.member.send_event(
+                ("chat-direct", {"room": room, "with": other, "resumed": True})
+            )
 
     def _after_auth(self, session: Session) -> Deferred[None] | None:
         if session.member.dialect is TEXT and not session.rooms:
@@ -1139,10 +1151,14 @@ class Hub:
             name = known[1] if known is not None and known[0] == user else other
             member.send_event(("chat-direct", {"room": room, "with": name}))
             if command.since is None:
-                # Tell the other one's connections, everywhere (their clients join too).
+                # Tell the other one's connections, everywhere (their clients join
+                # too), and remember it for both: their next sign-in is told again.
+                assert session.name is not None  # identified, so named
                 order = {"kind": "direct", "user": user, "room": room, "with": session.name}
                 self._obey(order)
                 self.backplane.order(order)
+                self.backplane.converse(identity.user, room, name)
+                self.backplane.converse(user, room, session.name)
             return self._enter(session, Join(room, since=command.since))
 
         def failed(failure: Failure) -> None:

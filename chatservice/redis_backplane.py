@@ -16,6 +16,7 @@ Keys (``chatservice:`` is the default prefix)::
     chatservice:<db>:notices         pub/sub channel: announcements (/broadcast)
                                      (channels are not per database, hence <db>)
     chatservice:orders               hash: moderators' orders in force (bans, mutes) -> JSON
+    chatservice:user:<id>:directs    hash: a user's direct conversations, room -> other's name
     chatservice:instances            set of the instances' ids
     chatservice:instance:<id>        "alive", expiring `ttl` after its last heartbeat
     chatservice:instance:<id>:rooms  set: rooms it has had members in
@@ -763,6 +764,14 @@ class RedisBackplane:
             return text[5:] if text.startswith("user:") else None
 
         return d.addCallback(answered)
+
+    def converse(self, user: str, room: str, other: str) -> None:
+        key = f"{self.prefix}user:{user}:directs"
+        self._quietly(self._command("hset", key, room, other), "converse")
+
+    def conversations(self, user: str) -> Deferred[dict[str, str]]:
+        d = self._command("hgetall", f"{self.prefix}user:{user}:directs")
+        return d.addCallback(lambda kept: {_text(r): _text(o) for r, o in kept.items()})
 
     def release(self, name: str, conn_id: int) -> None:
         folded, member = name.casefold(), self._member(conn_id)

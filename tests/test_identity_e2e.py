@@ -657,18 +657,22 @@ async def test_names_and_conversations_outlive_a_restart(serve: Serve, tmp_path:
     await service.stopService()
     port = port_of(serve(**settings))
 
-    def after() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    def after() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
         # Bob is not back, yet alice finds him by name; a guest cannot be him.
         with chat(port) as guest:
             send(guest, "chat-join", username="Bob")
             taken = error(guest)
         with identified(port, token("u1", "alice"))[0] as alice:
             send(alice, "chat-join", **{"with": "bob"})
-            opened = until(alice, "chat-direct")
+            opened = until_where(alice, "chat-direct", resumed=None)
             history = until(alice, "chat-history")
-        return taken, opened, history
+        # Bob, signing in on a new device, is told of his conversations.
+        with identified(port, token("u2", "bob"))[0] as bob:
+            resumed = until(bob, "chat-direct")
+        return taken, opened, history, resumed
 
-    taken, opened, history = await deferToThread(after)
+    taken, opened, history, resumed = await deferToThread(after)
     assert taken["code"] == "username-taken"
     assert opened == {"room": room, "with": "bob"}
     assert [m["message"] for m in history["messages"]] == ["before the restart"]
+    assert resumed == {"room": room, "with": "alice", "resumed": True}

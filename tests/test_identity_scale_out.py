@@ -97,6 +97,9 @@ def test_identity_spans_instances(instances: Callable[..., Instance]) -> None:  
 
     # An instance started later knows the bans and mutes in force.
     three = instances(*AUTH)
-    with identified(three.port, token("u2", "bob"))[0] as bob_3:
+    bob_3, _ = identified(three.port, token("u2", "bob"))
+    with bob_3:
+        # ... and a user's direct conversations, told at sign-in.
+        assert until(bob_3, "chat-direct") == {"room": room, "with": "alice", "resumed": True}
         send(bob_3, "chat-join", room="lobby")
         assert error(bob_3)["code"] == "forbidden"

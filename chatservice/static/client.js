@@ -457,7 +457,8 @@ export class ChatClient {
       this.rooms.set(p.room, room);
     }
     room.direct = p.with;
-    this.ui.direct?.(p.room, p.with, { asked, opened: !asked && !known });
+    // (`resumed`: one of ours, told at sign-in: no news, nobody to announce.)
+    this.ui.direct?.(p.room, p.with, { asked, opened: !asked && !known && !p.resumed });
     // The other person opened it: join it too, or what they write never comes.
     if (!asked && !known) this._sendJoin({ username: this.username, with: p.with });
   }
