@@ -64,6 +64,8 @@ LARGE_ROOM = 500
 PRESENCE_INTERVAL = 1.0
 #: Different join histories of one room kept encoded until its next message.
 HISTORY_FRAMES = 16
+#: What /help adds with --auth.
+TEXT_AUTH_HELP = "/auth TOKEN signs you in with a token."
 #: Seconds a ban or mute lasts when the moderator does not say.
 DEFAULT_DURATIONS = {"ban": 3600.0, "mute": 600.0}
 #: The frame type of each command, for its errors.
@@ -518,7 +520,8 @@ class Hub:
             room = self._joined_room(session, command.room, "chat-users")
             session.member.send_event(("chat-users", self._users(self.rooms[room], command.after)))
         elif isinstance(command, Help):
-            session.member.send_event(("chat-info", {"message": TEXT_HELP}))
+            text = TEXT_HELP if self.auth.mode == "off" else f"{TEXT_HELP} {TEXT_AUTH_HELP}"
+            session.member.send_event(("chat-info", {"message": text}))
         elif isinstance(command, Authenticate):
             return self._authenticate(session, command.token)
         elif isinstance(command, Direct):
