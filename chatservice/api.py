@@ -244,7 +244,7 @@ class Api(Resource):
         if len(what) == 2 and what[0] == "messages":
             self._method(request, b"DELETE")
             self._admin(caller)
-            if not what[1].isdigit():
+            if not (what[1].isascii() and what[1].isdigit()) or not 0 < int(what[1]) < 2**63:
                 raise ApiError(404, "no such message")
             return self.hub.delete_message(caller.actor, room, int(what[1])).addCallback(
                 lambda done: (200, done)

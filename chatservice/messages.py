@@ -279,7 +279,7 @@ def parse_json(data: bytes) -> Command:
         return parse_moderation(kind, payload)
     if kind == "chat-delete":
         message_id = payload.get("id")
-        if type(message_id) is not int or message_id <= 0:
+        if type(message_id) is not int or not 0 < message_id < 2**63:
             raise ProtocolError("bad-payload", "id must be a message id", kind)
         return Delete(check_room(payload.get("room"), kind), message_id)
     raise ProtocolError("bad-type", f"unknown type {kind[:40]!r}", kind[:40])

@@ -116,6 +116,7 @@ def test_new_frames_parse_and_bad_ones_are_refused() -> None:
         b'{"type":"chat-mute","payload":{"username":"bob","duration":-1}}',
         b'{"type":"chat-mute","payload":{"username":"bob","duration":true}}',
         b'{"type":"chat-delete","payload":{"room":"r","id":"7"}}',
+        b'{"type":"chat-delete","payload":{"room":"r","id":99999999999999999999}}',
         b'{"type":"chat-join","payload":{"with":""}}',
     ):
         with pytest.raises(Refused):

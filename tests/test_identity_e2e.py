@@ -414,6 +414,10 @@ async def test_moderation_and_tokens_through_the_http_api(port: int) -> None:
             seen["delete"] = api(port, "DELETE", f"/api/rooms/lobby/messages/{spam['id']}")
             seen["delete_event"] = until(erin, "chat-delete")
             seen["delete_again"] = api(port, "DELETE", f"/api/rooms/lobby/messages/{spam['id']}")
+            seen["delete_odd"] = [
+                api(port, "DELETE", f"/api/rooms/lobby/messages/{odd}")[0]
+                for odd in ("%C2%B2", "99999999999999999999999", "0", "x")
+            ]
             seen["mute"] = api(port, "POST", "/api/users/gus/mute", {"duration": 60})
             send(guest, "chat-message", message="more spam")
             seen["muted"] = error(guest)
@@ -434,6 +438,7 @@ async def test_moderation_and_tokens_through_the_http_api(port: int) -> None:
         {"action": "delete", "room": "lobby", "id": seen["delete_event"]["id"], "by": "api"},
     )
     assert seen["delete_again"][0] == 404
+    assert seen["delete_odd"] == [404, 404, 404, 404]
     assert seen["mute"][0] == 200 and seen["mute"][1]["action"] == "mute"
     assert seen["muted"]["code"] == "muted"
     assert seen["kick"][0] == 200
