@@ -601,13 +601,14 @@ def test_no_token_is_written_to_the_log_even_when_debugging(twistd: Path, tmp_pa
     assert ADMIN_TOKEN not in output
 
 
+def on_disk(tmp_path: Path) -> dict[str, Any]:
+    """Settings of a service whose history (and so its kept state) survives a restart."""
+    return {"database": str(tmp_path / "chat.sqlite3"), "auth": "optional", "auth_secret": SECRET}
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_ban_outlives_a_restart(serve: Serve, tmp_path: Path) -> None:
-    settings = {
-        "database": str(tmp_path / "chat.sqlite3"),
-        "auth": "optional",
-        "auth_secret": SECRET,
-    }
+    settings = on_disk(tmp_path)
     service = serve(**settings)
     port = port_of(service)
 
@@ -639,11 +640,7 @@ async def test_a_ban_outlives_a_restart(serve: Serve, tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_names_and_conversations_outlive_a_restart(serve: Serve, tmp_path: Path) -> None:
-    settings = {
-        "database": str(tmp_path / "chat.sqlite3"),
-        "auth": "optional",
-        "auth_secret": SECRET,
-    }
+    settings = on_disk(tmp_path)
     service = serve(**settings)
     port = port_of(service)
 
