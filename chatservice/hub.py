@@ -960,6 +960,7 @@ class Hub:
         try:
             identity = verifier.verify(token)
         except AuthError as e:
+            self._count_sign_in(e.code)
             _log.info(
                 "conn={conn_id} token refused: {code}",
                 conn_id=session.member.conn_id,
@@ -993,6 +994,7 @@ class Hub:
         if self.sanctions:
             banned = self.sanctions.find("ban", keys_of(identity.name, identity.user))
             if banned is not None:
+                self._count_sign_in("refused")
                 self.close(member, CLOSE_POLICY, _sanction_text(banned, "banned"))
                 return None
         name = identity.name
@@ -1002,6 +1004,7 @@ class Hub:
             raise ProtocolError("username-taken", f"{name!r} is another user's name", "chat-auth")
 
         def claimed(ok: bool) -> None:
+            self._count_sign_in("ok" if ok else "refused")
             if not ok:
                 raise ProtocolError(
                     "username-taken", f"{name!r} is another user's name", "chat-auth"
@@ -1035,6 +1038,10 @@ class Hub:
             session.member.send_event(
                 ("chat-direct", {"room": room, "with": other, "resumed": True})
             )
+
+    def _count_sign_in(self, result: str) -> None:
+        counts = self.stats.sign_ins
+        counts[result if result in counts else "refused"] += 1
 
     def _after_auth(self, session: Session) -> Deferred[None] | None:
         if session.member.dialect is TEXT and not session.rooms:
@@ -1109,12 +1116,14 @@ class Hub:
         session.timer = None
         if self.sessions.get(member) is session and session.identity is None:
             _log.info("conn={conn_id} closed: no token in time", conn_id=member.conn_id)
+            self.stats.auth_closes["no-token"] += 1
             self.close(member, CLOSE_POLICY, "authentication required")
 
     def _expired(self, member: Member, session: Session) -> None:
         session.timer = None
         if self.sessions.get(member) is session:
             _log.info("conn={conn_id} closed: its token expired", conn_id=member.conn_id)
+            self.stats.auth_closes["token-expired"] += 1
             self.close(member, CLOSE_POLICY, "token expired")
 
     def _user_of(self, name: str) -> Deferred[str | None]:
@@ -1231,6 +1240,7 @@ class Hub:
                 duration=duration,
                 reason=command.reason,
             )
+            self.stats.moderation[action] += 1
             self._obey(order)
             self.backplane.order(order)
             if until is not None:
@@ -1260,6 +1270,7 @@ class Hub:
             _log.info(
                 "moderation: {by} delete {id} room={room}", by=actor, id=message_id, room=room
             )
+            self.stats.moderation["delete"] += 1
             self._deleted(room, message_id, actor)
             return {"action": "delete", "room": room, "id": message_id, "by": actor}
 

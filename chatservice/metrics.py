@@ -28,6 +28,23 @@ REJECT_LIMIT = "limit"
 REJECT_ERROR = "error"
 REJECT_REASONS = (REJECT_ORIGIN, REJECT_SUBPROTOCOL, REJECT_LIMIT, REJECT_ERROR)
 
+#: How a sign-in (chat-auth, ?token=) ended: ok, a token error code, or refused
+#: (a valid token not taken: banned, its name another user's, ...).
+SIGN_IN_RESULTS = (
+    "ok",
+    "token-expired",
+    "token-not-yet-valid",
+    "token-wrong-audience",
+    "token-wrong-issuer",
+    "token-invalid",
+    "token-claims",
+    "refused",
+)
+#: Why a connection was closed for its identity: no token in time, or it expired.
+AUTH_CLOSES = ("no-token", "token-expired")
+#: What moderators did (label values).
+MODERATION_ACTIONS = ("kick", "ban", "mute", "delete")
+
 #: Buckets of the history append latency, in seconds (a commit is ~0.1-10 ms).
 HISTORY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -41,13 +58,16 @@ class Counters:
 
     __slots__ = (
         "accepted",
+        "auth_closes",
         "bytes_received",
         "bytes_sent",
         "flood_closes",
         "messages_received",
         "messages_sent",
+        "moderation",
         "rate_limited",
         "rejected",
+        "sign_ins",
         "slow_consumer_drops",
     )
 
@@ -63,6 +83,12 @@ class Counters:
         self.rate_limited = 0
         self.flood_closes = 0
         self.slow_consumer_drops = 0
+        #: Sign-ins by result (one of `SIGN_IN_RESULTS`).
+        self.sign_ins = dict.fromkeys(SIGN_IN_RESULTS, 0)
+        #: Connections closed for their identity (one of `AUTH_CLOSES`).
+        self.auth_closes = dict.fromkeys(AUTH_CLOSES, 0)
+        #: Moderators' actions ordered here (one of `MODERATION_ACTIONS`).
+        self.moderation = dict.fromkeys(MODERATION_ACTIONS, 0)
 
 
 class Endpoint(Protocol):
@@ -163,6 +189,32 @@ class EndpointCollector(Collector):
             "Chat connections closed (1008) for flooding: too many rate-limited frames.",
             value=stats.flood_closes,
         )
+        for name, what, label, counts in (
+            (
+                "chatservice_sign_ins",
+                "Chat sign-ins (chat-auth, ?token=) by result: ok, the token error code, or "
+                "refused (a valid token not taken: banned, another user's name).",
+                "result",
+                stats.sign_ins,
+            ),
+            (
+                "chatservice_auth_closes",
+                "Chat connections closed (1008) for their identity: no-token (--auth required, "
+                "none in time) or token-expired.",
+                "reason",
+                stats.auth_closes,
+            ),
+            (
+                "chatservice_moderation_actions",
+                "Moderators' actions ordered on this service: kick, ban, mute, delete.",
+                "action",
+                stats.moderation,
+            ),
+        ):
+            family = CounterMetricFamily(name, what, labels=[label])
+            for value, count in counts.items():
+                family.add_metric([value], count)
+            yield family
 
 
 class Metrics:

@@ -134,9 +134,12 @@ async def test_a_token_names_the_user_and_a_bad_one_is_refused_with_its_code(
             users = enter(ws, "lobby", username="mallory")  # the token's name wins
         with identified(port, token("u2", "bob"), via_url=True)[0] as bob:
             bob_users = enter(bob, "lobby")
-        return welcome, me, refused, users, bob_users
+        metrics = http_request(port, "GET", "/metrics")[2].decode()
+        return welcome, me, refused, users, bob_users, metrics
 
-    welcome, me, refused, users, bob_users = await deferToThread(scenario)
+    welcome, me, refused, users, bob_users, metrics = await deferToThread(scenario)
+    for result, count in [("ok", 2), ("token-expired", 1), ("token-invalid", 3)]:
+        assert f'chatservice_sign_ins_total{{result="{result}"}} {count}.0' in metrics
     assert welcome["auth"] == {"mode": "optional"}
     assert refused == [
         ("token-expired", "token-expired"),
@@ -427,6 +430,7 @@ async def test_moderation_and_tokens_through_the_http_api(port: int) -> None:
             seen["ban"] = api(port, "POST", "/api/users/erin/ban", {"room": "lobby"})
             seen["ban_leave"] = until_where(erin, "chat-leave", username="erin")
             seen["ban_notice"] = until(erin, "chat-notice")
+        seen["metrics"] = http_request(port, "GET", "/metrics")[2].decode()
         return seen
 
     seen = await deferToThread(scenario)
@@ -443,6 +447,9 @@ async def test_moderation_and_tokens_through_the_http_api(port: int) -> None:
     assert seen["muted"]["code"] == "muted"
     assert seen["kick"][0] == 200
     assert seen["kicked"] == (1008, "kicked by api: spam")
+    for action in ("kick", "ban", "mute", "delete"):
+        moderated = f'chatservice_moderation_actions_total{{action="{action}"}} 1.0'
+        assert moderated in seen["metrics"]
     assert seen["bad"][0] == 400
     status, banned = seen["ban"]
     assert status == 200 and banned["action"] == "ban" and banned["room"] == "lobby"
@@ -492,6 +499,9 @@ async def test_required_auth_closes_the_unidentified_and_the_expired(serve: Serv
     seen = await deferToThread(scenario)
     assert seen["refused"]["code"] == "auth-required"
     assert seen["closed"] == (1008, "authentication required")
+    metrics = (await deferToThread(http_request, port, "GET", "/metrics"))[2].decode()
+    assert 'chatservice_auth_closes_total{reason="no-token"} 1.0' in metrics
+    assert 'chatservice_auth_closes_total{reason="token-expired"} 1.0' in metrics
     assert seen["expired"] == (1008, "token expired")
     assert seen["other_user"]["code"] == "token-other-user"
     assert "* You are tom (identified)" in seen["text"]
