@@ -137,7 +137,9 @@ class Backplane(Protocol):
         """Take `name` (any case) for connection `conn_id`; False if someone has it.
 
         With `user`, for that identified user, for good: every connection of
-        that user may claim it, nobody else ever (a guest holding it loses it).
+        that user may claim it, nobody else ever.  A guest holding it loses it:
+        a guest elsewhere is renamed by its instance (an order of kind
+        ``displace``); one here, by the hub that claims.
         """
 
     def holder(self, name: str) -> Deferred[str | None]:

@@ -1288,6 +1288,12 @@ class Hub:
     def _obey(self, order: dict[str, Any]) -> None:
         """Carry out a moderator's (or a direct conversation's) order here."""
         kind = order.get("kind")
+        if kind == "displace":
+            # An identified user elsewhere took the name a guest here has.
+            guest = self._names.get(str(order.get("name", "")).casefold())
+            if guest is not None and guest.identity is None:
+                self._displace(guest)
+            return
         if kind == "direct":
             event: Event = ("chat-direct", {"room": order["room"], "with": order["with"]})
             for session in list(self._connections_of.get(order["user"], ())):

@@ -173,12 +173,14 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: names.  ARGV: folded name, "user:<id>".  1 if the name is (now) that
-# user's: a user's name is theirs for good; a guest holding it loses it.
+# KEYS: names.  ARGV: folded name, "user:<id>".  0 if another user has it;
+# else it is (now) that user's, for good: 1, or the member of the guest that
+# held it and lost it.
 _CLAIM_USER = """
 local holder = redis.call('HGET', KEYS[1], ARGV[1])
 if holder and holder ~= ARGV[2] and string.sub(holder, 1, 5) == 'user:' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if holder and holder ~= ARGV[2] then return holder end
 return 1
 """
 
@@ -743,7 +745,15 @@ class RedisBackplane:
         if user is not None:
             owner = f"user:{user}"
             d = self._command("eval", _CLAIM_USER, [f"{self.prefix}names"], [folded, owner])
-            return d.addCallback(lambda taken: bool(int(taken)))
+
+            def answered_user(reply: Any) -> bool:
+                if isinstance(reply, bytes | str):
+                    # A guest (of any instance) had it: its instance renames it.
+                    self.order({"kind": "displace", "name": name})
+                    return True
+                return bool(int(reply))
+
+            return d.addCallback(answered_user)
         member = self._member(conn_id)
         keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
         d = self._command("eval", _CLAIM, keys, [folded, member])

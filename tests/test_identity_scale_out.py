@@ -13,7 +13,7 @@ from typing import Any
 from net import http_request
 from test_chat_e2e import chat, send, until
 from test_identity_e2e import SECRET, closed, enter, error, identified, token, until_where
-from test_scale_out import Instance, instances  # noqa: F401  (instances: a fixture)
+from test_scale_out import Instance, eventually, instances  # noqa: F401  (instances: a fixture)
 
 AUTH = ("--auth", "optional", "--auth-secret", SECRET, "--private-room", "staff-*")
 
@@ -27,6 +27,7 @@ def jwt_api(instance: Instance, method: str, path: str, bearer: str) -> tuple[in
 
 def test_identity_spans_instances(instances: Callable[..., Instance]) -> None:  # noqa: F811
     one, two = instances(*AUTH), instances(*AUTH)
+    eventually(lambda: one.health()[0] == two.health()[0] == 200)  # connected to Redis
     alice_1 = identified(one.port, token("u1", "alice", rooms=["staff-*"]))[0]
     alice_2 = identified(two.port, token("u1", "alice", rooms=["staff-*"]))[0]
     bob = identified(two.port, token("u2", "bob"))[0]
@@ -45,6 +46,16 @@ def test_identity_spans_instances(instances: Callable[..., Instance]) -> None:  
         send(guest, "chat-join", room="lobby", username="alice")
         assert error(guest)["code"] == "username-taken"
         enter(guest, "lobby", username="gus")
+
+        # A guest on one instance holding the name a user then signs in with on
+        # the other is renamed there.
+        with chat(two.port) as squatter:
+            enter(squatter, "lobby", username="dave")
+            with identified(one.port, token("u4", "dave"))[0]:
+                notice = until(squatter, "chat-notice")
+                assert notice["message"].startswith("dave is an identified user's name")
+                renamed = until_where(mod, "chat-nick", old="dave")
+                assert renamed["new"].startswith("guest-")
 
         # A private room: granted on one instance, refused on the other.
         enter(alice_1, "staff-ops")
@@ -97,6 +108,7 @@ def test_identity_spans_instances(instances: Callable[..., Instance]) -> None:  
 
     # An instance started later knows the bans and mutes in force.
     three = instances(*AUTH)
+    eventually(lambda: three.health()[0] == 200)  # connected to Redis
     bob_3, _ = identified(three.port, token("u2", "bob"))
     with bob_3:
         # ... and a user's direct conversations, told at sign-in.
