@@ -204,6 +204,7 @@ class Room:
     """
 
     __slots__ = (
+        "catching_up",
         "changes",
         "flush",
         "groups",
@@ -237,6 +238,9 @@ class Room:
         self.last: int | None = None
         #: The names here of identified users, with their user ids.
         self.identified: dict[str, str] = {}
+        #: Joiners whose history reached further than `last` (see `Hub._joined`),
+        #: with the id it reached: they become members once `last` gets there.
+        self.catching_up: dict[Session, int] = {}
 
     def empty(self) -> bool:
         return not self.sessions and not self.joining
@@ -621,11 +625,16 @@ class Hub:
         if self.auth.mode != "off" or self.sanctions:
             self._check_entry(session, command.room)
         if session.name is None:
-            if command.username is None:
+            username = command.username
+            if username is None and session.member.dialect is TEXT:
+                # A text client never names itself on joining: it is a guest
+                # (its lobby join at connect did not happen: Redis was away).
+                username = self.guest_name(session.member)
+            if username is None:
                 raise ProtocolError(
                     "bad-username", "the first chat-join needs a username", "chat-join"
                 )
-            claimed = self._claim(session, command.username, "chat-join")
+            claimed = self._claim(session, username, "chat-join")
             return self._then(claimed, session, lambda: self._enter(session, command))
         return self._enter(session, command)
 
@@ -720,22 +729,35 @@ class Hub:
     def _joined(self, history: Any, session: Session, room: Room, already: bool) -> None:
         member = session.member
         if already:
-            if room.name not in session.rooms or self.sessions.get(member) is not session:
-                return
-            came: list[StoredMessage] = []
-        else:
-            waiting = room.joining.pop(session, None)
-            if waiting is None:
-                return  # left, or closed, meanwhile
-            came = waiting
-            first = room.add(session)
+            if room.name in session.rooms and self.sessions.get(member) is session:
+                self._send_history(member, history)
+                member.send_event(("chat-users", self._users(room)))
+            return
+        if session not in room.joining:
+            return  # left, or closed, meanwhile
         cut = self._send_history(member, history)
+        if room.last is not None and cut > room.last:
+            # The client saw more than this instance has passed on yet (through
+            # another instance, before a reconnect, while this one's Redis
+            # subscription was away): what lies between comes live, and would
+            # come twice.  The joiner waits until it has (see _deliver).
+            room.catching_up[session] = cut
+            return
+        self._complete_join(session, room, cut)
+
+    def _complete_join(self, session: Session, room: Room, cut: int) -> None:
+        """Make a joiner that has its history (up to id `cut`) a member, and say so."""
+        member = session.member
+        came = room.joining.pop(session, [])
+        if self.sessions.get(member) is not session:
+            return  # closed while sending its history (a slow consumer)
+        first = room.add(session)
         member.send_event(("chat-users", self._users(room)))
         for message in came:
             if message.id > cut:
                 member.send_event(("chat-message", message.payload()))
-        if already or self.sessions.get(member) is not session:
-            return  # joined before, or closed while sending (a slow consumer)
+        if self.sessions.get(member) is not session:
+            return  # closed while sending (a slow consumer)
         assert session.name is not None  # claimed above
         name = room.name
         user = session.user()
@@ -788,6 +810,7 @@ class Hub:
         assert session.name is not None  # joined, so named
         tell_room = False
         # One still waiting for its history was never announced.
+        room.catching_up.pop(session, None)
         announced = room.joining.pop(session, None) is None
         gone = False
         if announced:
@@ -879,6 +902,10 @@ class Hub:
         for waiting in room.joining.values():
             waiting.append(message)
         self._to_room(room, ("chat-message", message.payload()))
+        if room.catching_up:
+            for session, cut in list(room.catching_up.items()):
+                if cut <= message.id and room.catching_up.pop(session, None) is not None:
+                    self._complete_join(session, room, cut)
 
     def _not_stored(self, failure: Failure, session: Session) -> None:
         if failure.check(Unavailable):
@@ -1474,7 +1501,11 @@ class Hub:
                 lambda messages: (messages, False)
             )
         else:
-            found = self.backplane.since(room.name, since, JOIN_HISTORY)
+            # Up to `up_to` too: later ones come live (with Redis, the stream
+            # may hold some this instance has not passed on yet).
+            found = self.backplane.since(room.name, since, JOIN_HISTORY).addCallback(
+                lambda found: ([m for m in found[0] if m.id <= up_to], found[1])
+            )
 
         def read(result: Any) -> Any:
             if room.reads.get(key) is waiters:
@@ -1495,8 +1526,10 @@ class Hub:
         if cached is not None:  # encoded for another joiner of the same read
             return cached
         messages, recovered = found
-        _, up_to, dialect = key
+        since, up_to, dialect = key
         cut = max(up_to, messages[-1].id if messages else 0)
+        if recovered and since is not None:
+            cut = max(cut, since)  # the client has seen everything up to `since`
         event: Event = (
             "chat-history",
             {
