@@ -211,6 +211,9 @@ class Redis:
                     return
             except OSError:
                 pass
+            except RuntimeError as e:  # an error reply
+                if not str(e).startswith("LOADING"):  # (still reading its append-only file)
+                    raise
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)

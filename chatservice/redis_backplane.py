@@ -80,6 +80,9 @@ _log = Logger(observer=logs.filtered)
 DEFAULT_PORT = 6379
 #: Seconds after its last heartbeat that an instance counts as dead.
 INSTANCE_TTL = 15.0
+#: Error replies of a Redis that is there but cannot serve yet: after a restart,
+#: reading its data (LOADING); a replica without its master (MASTERDOWN).
+_NOT_READY = ("LOADING", "MASTERDOWN")
 #: Seconds a command may take before Redis counts as unavailable.
 REPLY_TIMEOUT = 5.0
 
@@ -664,7 +667,9 @@ class RedisBackplane:
         return d.addErrback(self._unavailable)
 
     def _unavailable(self, failure: Failure) -> Failure:
-        if failure.check(txredisapi.ResponseError):
+        if failure.check(txredisapi.ResponseError) and not str(failure.value).startswith(
+            _NOT_READY
+        ):
             return failure  # a bug of ours, not an outage: keep its message
         raise Unavailable(f"Redis did not answer: {failure.getErrorMessage()}")
 

@@ -383,3 +383,17 @@ async def test_kept_orders_are_handed_on_again_after_a_restart(
     assert replayed == [{**ban, "replayed": True}]
     if isinstance(second, RedisBackplane):
         await second.stop()
+
+
+def test_a_redis_that_is_loading_its_data_counts_as_unavailable() -> None:
+    """After a restart Redis answers LOADING until it has read its data: an outage for
+    the client (unavailable, try again), not a server error with a traceback."""
+    import txredisapi
+    from twisted.python.failure import Failure
+
+    backplane = RedisBackplane(parse_redis_url("redis://127.0.0.1:1"), 10, reactor)
+    loading = Failure(txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"))
+    with pytest.raises(Unavailable):
+        backplane._unavailable(loading)
+    bug = Failure(txredisapi.ResponseError("ERR wrong number of arguments"))
+    assert backplane._unavailable(bug) is bug
