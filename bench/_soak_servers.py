@@ -19,6 +19,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = ROOT / ".venv" / "bin" / "twistd"
 ADMIN_TOKEN = "soak-admin-token"
+#: Messages kept per room (--history): small, so that the servers' caches are
+#: full early in a run and their memory can be judged flat after that; the soak
+#: reads what they keep every second (soak.Recorder) to know everything ever kept.
+HISTORY = 100
 
 #: Limits of every instance: well-behaved soak clients stay far under them.
 #: --max-text-length and --max-send-buffer make the slow consumers' case
@@ -99,7 +103,7 @@ class Instance:
         return [
             *(str(TWISTD), "-n", "--pidfile=", "chatservice"),
             *("--port", f"tcp:{self.port}:interface=127.0.0.1"),
-            *("--database", str(self.db), "--history", "100000", "--log-level", "info"),
+            *("--database", str(self.db), "--history", str(HISTORY), "--log-level", "info"),
             *("--admin-token", ADMIN_TOKEN),
             *SERVER_LIMITS,
             *self.extra,
