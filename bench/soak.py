@@ -55,7 +55,7 @@ FAULT_WINDOW = (-3.0, 20.0)
 #: Latency samples this long after a fault was done are still the fault's.
 FAULT_SETTLE = 5.0
 #: The RSS rule (rss_report): warm points, the span judged, the growth allowed.
-RSS_WARMUP, LIFE_WARMUP, RSS_SPAN, RSS_GROWTH_PCT = 0.2, 60.0, 0.3, 5.0
+RSS_WARMUP, LIFE_WARMUP, RSS_SPAN, RSS_GROWTH_PCT = 0.4, 60.0, 0.3, 5.0
 WORDS = "the quick brown fox jumps over a lazy dog while soak tests run on".split()
 
 T0 = time.monotonic()
@@ -1145,9 +1145,10 @@ def check(soak: Soak, history: dict[str, dict[int, str]]) -> None:
 
 
 def warm_point(soak: Soak, born: float) -> float:
-    """When a process born `born` s into the run has seen every kind of load: 20 %
-    into the run, a minute into its life, and the end of the first slow consumer and
-    of the first flooder of its life.  (RSS keeps the high-water mark of the heap:
+    """When a process born `born` s into the run has seen every kind of load: 40 %
+    into the run (two slow consumers, a flooder, two rounds of every fault), a
+    minute into its life, and the end of the first slow consumer and of the first
+    flooder of its life.  (RSS keeps the high-water mark of the heap:
     a slow consumer's 40 KB messages and a flooder's burst of frames raise it once;
     the Python objects alive stay flat, as tracemalloc showed, see bench/README.md.)
     """
