@@ -526,7 +526,7 @@ class History:
                 if cached is None:
                     cached = rooms[room] = _Room(deque(maxlen=self.keep))
                 cached.newest_id = max(cached.newest_id, messages[-1].id)
-                dropped = messages[: len(messages) - self.keep]
+                dropped = messages[: max(0, len(messages) - self.keep)]
                 if dropped:
                     cached.pruned_id = max(cached.pruned_id, dropped[-1].id)
                     db.execute(

@@ -222,6 +222,24 @@ def test_the_cache_after_reopening_is_what_was_kept(tmp_path: Path) -> None:
         assert history.since(room, messages[-7].id) == (messages[-5:], False)
 
 
+@pytest.mark.parametrize("count", [0, 1, 5, 6, 9, 10, 11, 25])
+def test_reopening_loses_nothing_of_a_room_that_was_not_full(tmp_path: Path, count: int) -> None:
+    """Found by bench/soak.py: a room holding more than half of `keep` but fewer
+    than `keep` messages lost its oldest ones at every restart (a negative slice),
+    and a client reconnecting with `since` got `recovered: false`."""
+    path = tmp_path / "h.sqlite3"
+    history = open_history(path, keep=10)
+    sent = [say(history, "lobby", f"text {i}") for i in range(count)]
+    fired(history.close())
+
+    history = open_history(path, keep=10)
+    assert history.recent("lobby", 100) == sent[-10:]
+    if sent:
+        assert history.since("lobby", sent[0].id) == (sent[1:][-10:], count <= 11)
+    fired(history.close())
+    assert [row[0] for row in rows_in_file(path)] == ids(sent[-10:])
+
+
 def test_lowering_keep_prunes_at_open(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
     history = open_history(path, keep=10)
