@@ -966,6 +966,7 @@ class Recorder:
         self.after: dict[str, int] = {}  # SQLite: "" -> the highest id read (one sequence)
         self.reads = 0
         self.misses = 0  # reads that found Redis (or the database) away
+        self.early: set[tuple[str, int]] = set()  # (room, pruned id) reported
 
     def newest(self, room: str) -> int:
         msgs = self.kept.get(room)
@@ -984,6 +985,17 @@ class Recorder:
             self.soak.violation(
                 "recorder-behind",
                 {"room": room, "pruned_id": pruned, "last_read": self.newest(room)},
+            )
+
+    def _pruned_early(self, room: str, pruned: int) -> None:
+        """After a read is merged: pruning drops a message only when HISTORY newer
+        ones are kept in its room; fewer of them known means it dropped too many."""
+        after = sum(1 for m in self.kept.get(room, ()) if m > pruned)
+        if pruned and after < HISTORY and (room, pruned) not in self.early:
+            self.early.add((room, pruned))
+            self.soak.violation(
+                "kept-then-lost",
+                {"room": room, "pruned_id": pruned, "kept_after_it": after, "t": round(now(), 2)},
             )
 
     def _read_sqlite(self, full: bool) -> dict[str, dict[int, str]]:
@@ -1005,6 +1017,8 @@ class Recorder:
             self._behind(room, pruned)
         for room, msgs in now_kept.items():
             self.kept[room].update(msgs)
+        for room, pruned in marks:
+            self._pruned_early(room, pruned)
         self.reads += 1
         return now_kept
 
@@ -1027,6 +1041,7 @@ class Recorder:
                 start = "(" + entries[-1][0]
             self._behind(room, int(pruned or 0))
             self.kept[room].update(now_kept[room])
+            self._pruned_early(room, int(pruned or 0))
         self.reads += 1
         return now_kept
 
@@ -1042,13 +1057,24 @@ class Recorder:
                 pass
 
     def final(self) -> dict[str, dict[int, str]]:
-        """The last read; a message read before and no longer kept though newer
-        than what is (pruning drops the oldest) was lost: a violation."""
+        """The last read; a message read before and no longer kept was lost (a
+        violation) unless pruning dropped it: it is older than what is kept and
+        its room kept HISTORY newer ones after it."""
         now_kept = self.read(full=True)
         for room, msgs in self.kept.items():
             kept_now = now_kept.get(room, {})
             oldest = min(kept_now) if kept_now else None
-            lost = [m for m in msgs if oldest is None or (m >= oldest and m not in kept_now)]
+            ever = sorted(msgs)
+            lost = [
+                m
+                for m in msgs
+                if m not in kept_now
+                and (
+                    oldest is None
+                    or m >= oldest
+                    or len(ever) - bisect.bisect_right(ever, m) < HISTORY
+                )
+            ]
             if lost:
                 self.soak.violation(
                     "kept-then-lost", {"room": room, "count": len(lost), "ids": sorted(lost)[:10]}
