@@ -1361,8 +1361,9 @@ def report(soak: Soak, logs: dict[str, Any]) -> dict[str, Any]:
         "rss": {
             "processes": rss,
             "rule": f"growth above {RSS_GROWTH_PCT:g}% from the first sample after a "
-            f"process's warm point ({RSS_WARMUP:.0%} into the run and {LIFE_WARMUP:g} s "
-            "into its life) to its last is a violation, for processes living to the end "
+            f"process's warm point ({RSS_WARMUP:.0%} into the run, {LIFE_WARMUP:g} s "
+            "into its life, and after the first slow consumer and the first flooder of "
+            "its life) to its last is a violation, for processes living to the end "
             f"of a run of at least 5 minutes, over at least {RSS_SPAN:.0%} of it"
             + ("" if args.minutes >= 5 else " (this run is shorter: reported only)"),
         },
@@ -1408,8 +1409,10 @@ def main() -> int:
         "verdict": document["verdict"],
         "topology": args.topology,
         "violations": {k: v["count"] for k, v in document["violations"].items()},
-        **{k: counts.get(k, 0) for k in ("messages_sent", "messages_delivered", "faults")},
-        "intervals_checked": counts.get("intervals_checked", 0),
+        **{
+            k: counts.get(k, 0)
+            for k in ("messages_sent", "messages_delivered", "faults", "intervals_checked")
+        },
         "delivery_quiet_p99_ms": latency["delivery_quiet"]["p99"],
     }
     log(f"summary: {json.dumps(summary)}")
