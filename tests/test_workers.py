@@ -29,7 +29,7 @@ from net import http_request
 from redis_server import RedisServer
 from test_chat_e2e import chat, join, send, until
 from test_scale_out import eventually
-from test_site_e2e import self_signed_certificate
+from test_site_e2e import self_signed_certificate, wss_echo
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
@@ -90,7 +90,10 @@ class Workers:
 
     def worker_of(self, ws: ClientConnection) -> int:
         """Which worker (slot) serves this client, from the master's log."""
-        port = ws.socket.getsockname()[1]
+        return self.worker_of_port(ws.socket.getsockname()[1])
+
+    def worker_of_port(self, port: int) -> int:
+        """Which worker (slot) serves the client on local port `port`."""
         for _ in range(200):
             for line in list(self.lines):
                 match = OPENED.search(line)
@@ -316,11 +319,11 @@ def test_every_kind_of_endpoint_is_shared(workers: Callable[..., Workers], tmp_p
     tls = ssl.create_default_context(cafile=str(cert))
     tls_workers: set[int] = set()
     unix_workers: set[int] = set()
+    wss = f"wss://127.0.0.1:{service.ports[1]}/echo"
     for _ in range(40):
-        with connect(f"wss://127.0.0.1:{service.ports[1]}/echo", ssl=tls, open_timeout=10) as ws:
-            ws.send("over TLS")
-            assert ws.recv(timeout=10) == "over TLS"
-            tls_workers.add(service.worker_of(ws))
+        replies, client_port = wss_echo(wss, ["over TLS"], tls)
+        assert replies == ["over TLS"]
+        tls_workers.add(service.worker_of_port(client_port))
         opened = len(UNIX_OPENED.findall("".join(service.lines)))
         with unix_connect(str(path), "ws://localhost/echo", open_timeout=10) as ws:
             ws.send("over a Unix socket")
