@@ -113,7 +113,7 @@ from typing import Any
 
 from _common import BenchError, main_of
 
-from chatservice.scoreboard import OPEN, PID, Scoreboard, overloaded
+from chatservice.workers.scoreboard import OPEN, PID, Scoreboard, overloaded
 
 SCRIPT = Path(__file__).resolve()
 HOST = "127.0.0.1"
@@ -333,7 +333,7 @@ def child(argv: Sequence[str]) -> int:
         cap_accepts(port, args.accept_cap)
     if board is not None:
         # After the cap, as chatservice's SharedPortEndpoint wraps pace_accepts.
-        from chatservice.listening import balance_accepts
+        from chatservice.workers.listening import balance_accepts
 
         balance_accepts(port, lambda: overloaded(board, slot), reactor)
     print(f"ready pid={os.getpid()} port={port.getHost().port}", flush=True)

@@ -42,8 +42,8 @@ from typing import Any
 
 from _common import BenchError, Pinning, chatservice_command, main_of, running_server
 
-from chatservice.frames import DEFLATE_MIN_SIZE, TextFrame, deflate, frame, window_for
-from chatservice.messages import encode_json
+from chatservice.chat.messages import encode_json
+from chatservice.web.frames import DEFLATE_MIN_SIZE, TextFrame, deflate, frame, window_for
 
 #: Text lengths of the threshold table, in characters.
 SIZES = (0, 16, 32, 64, 100, 128, 160, 192, 224, 256, 384, 512, 1000, 2000)

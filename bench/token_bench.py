@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from chatservice.identity import Verifier
+from chatservice.chat.identity import Verifier
 
 SECRET = "token-bench-secret-0123456789abcdef"
 

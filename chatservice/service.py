@@ -25,28 +25,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatservice import logs
-from chatservice.backplane import Backplane, LocalBackplane
+from chatservice.backplane.history import History, ThreadExecutor, immediate_executor
+from chatservice.backplane.local import Backplane, LocalBackplane
+from chatservice.backplane.redis import RedisBackplane, parse_redis_url
+from chatservice.chat.hub import ChatLimits, Hub
+from chatservice.chat.identity import AuthPolicy
+from chatservice.chat.policy import OriginPolicy
 from chatservice.config import Config
-from chatservice.frames import TextFrame
-from chatservice.history import History, ThreadExecutor, immediate_executor
-from chatservice.hub import ChatLimits, Hub
-from chatservice.identity import AuthPolicy
-from chatservice.listening import (
+from chatservice.systemd import Notifier
+from chatservice.web.frames import TextFrame
+from chatservice.web.protocol import CLOSE_GOING_AWAY, SERVER_NAME
+from chatservice.web.site import ChatSite, make_site
+from chatservice.workers.listening import (
     AnnouncingEndpoint,
     SharedPortEndpoint,
     StartupError,
     describe,
     with_backlog,
 )
-from chatservice.policy import OriginPolicy
-from chatservice.protocol import CLOSE_GOING_AWAY, SERVER_NAME
-from chatservice.redis_backplane import RedisBackplane, parse_redis_url
-from chatservice.scoreboard import PID, Scoreboard, overloaded
-from chatservice.systemd import Notifier
-from chatservice.web import ChatSite, make_site
-from chatservice.worker import HEARTBEAT, MasterPipe, WorkerLink, connect_master
+from chatservice.workers.scoreboard import PID, Scoreboard, overloaded
+from chatservice.workers.worker import HEARTBEAT, MasterPipe, WorkerLink, connect_master
 
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.service")
 #: For the few lines written at any --log-level.
 _always = Logger()
 

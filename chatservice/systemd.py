@@ -11,11 +11,9 @@ import os
 import socket
 from collections.abc import Mapping
 
-from twisted.logger import Logger
-
 from chatservice import logs
 
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.systemd")
 
 
 class Notifier:

@@ -14,14 +14,14 @@ from urllib.parse import urlsplit
 from twisted.application.service import IService
 from twisted.python import usage
 
+from chatservice.backplane.redis import parse_redis_url
+from chatservice.chat.identity import Verifier
+from chatservice.chat.policy import TrustedProxies, parse_origin_pattern
 from chatservice.config import AUTH_MODES, BUNDLED_STATIC, LOG_LEVELS, Config
-from chatservice.identity import Verifier
-from chatservice.listening import StartupError
-from chatservice.master import Master
-from chatservice.policy import TrustedProxies, parse_origin_pattern
-from chatservice.redis_backplane import parse_redis_url
 from chatservice.service import ChatService
-from chatservice.worker import WORKER_ENV, WorkerLink
+from chatservice.workers.listening import StartupError
+from chatservice.workers.master import Master
+from chatservice.workers.worker import WORKER_ENV, WorkerLink
 
 DEFAULT_PORT = "8080"
 _DEFAULTS = Config()

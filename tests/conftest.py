@@ -13,8 +13,8 @@ from redis_server import RedisServer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
+from chatservice.backplane.history import History, immediate_executor
 from chatservice.config import Config
-from chatservice.history import History, immediate_executor
 from chatservice.service import ChatService
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chatservice.hub import Hub, Session
-from chatservice.messages import JSON, Dialect, Event, Join
+from chatservice.chat.hub import Hub, Session
+from chatservice.chat.messages import JSON, Dialect, Event, Join
 
 
 class Client:

@@ -24,11 +24,11 @@ from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.web.server import Site
 
-from chatservice.backplane import LocalBackplane
+from chatservice.backplane.history import History, immediate_executor
+from chatservice.backplane.local import LocalBackplane
 from chatservice.config import Config
-from chatservice.history import History, immediate_executor
 from chatservice.service import make_hub
-from chatservice.web import make_site
+from chatservice.web.site import make_site
 
 
 def make_test_site(config: Config, clock: Clock) -> Site:

@@ -162,7 +162,7 @@ async def test_healthz_is_open_and_counts_connections(port: int) -> None:
 def test_healthz_is_503_once_shutting_down() -> None:
     from twisted.web.test.requesthelper import DummyRequest
 
-    from chatservice.api import Health
+    from chatservice.web.api import Health
 
     health = Health(lambda: 3, lambda: 12.5)
     request = DummyRequest([b""])

@@ -21,9 +21,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 
-from chatservice.backplane import Backplane, LocalBackplane, Presence, Unavailable
-from chatservice.history import History, StoredMessage, immediate_executor
-from chatservice.redis_backplane import RedisBackplane, parse_redis_url
+from chatservice.backplane.history import History, StoredMessage, immediate_executor
+from chatservice.backplane.local import Backplane, LocalBackplane, Presence, Unavailable
+from chatservice.backplane.redis import RedisBackplane, parse_redis_url
 
 Make = Callable[..., Any]
 

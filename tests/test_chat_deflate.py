@@ -32,8 +32,8 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from chatservice.config import Config
-from chatservice.frames import DEFLATE_MIN_SIZE
 from chatservice.service import ChatService
+from chatservice.web.frames import DEFLATE_MIN_SIZE
 
 RSV1 = 0x40
 SYNC_TAIL = b"\x00\x00\xff\xff"

@@ -9,7 +9,7 @@ import zlib
 import pytest
 from memory import server_frames
 
-from chatservice.frames import DEFLATE_MIN_SIZE, TextFrame
+from chatservice.web.frames import DEFLATE_MIN_SIZE, TextFrame
 
 RSV1 = 0x40
 

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from chatservice.policy import TrustedProxies
+from chatservice.chat.policy import TrustedProxies
 from chatservice.service import ChatService
 
 Serve = Callable[..., ChatService]

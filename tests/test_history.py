@@ -24,7 +24,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from chatservice.history import History, StoredMessage, ThreadExecutor, immediate_executor
+from chatservice.backplane.history import History, StoredMessage, ThreadExecutor, immediate_executor
 
 T = TypeVar("T")
 
@@ -386,7 +386,7 @@ async def test_the_writer_thread_fires_appends_in_order(tmp_path: Path) -> None:
 _WRITER = """
 import json, sys
 from twisted.python.failure import Failure
-from chatservice.history import History, immediate_executor
+from chatservice.backplane.history import History, immediate_executor
 
 def fired(d):
     results = []

@@ -10,11 +10,11 @@ from members import Client, Prepare, joined
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from chatservice.backplane import LocalBackplane
-from chatservice.history import History, immediate_executor
-from chatservice.hub import Hub
-from chatservice.messages import TEXT, Join, Leave, Nick, Say, Typing
-from chatservice.messages import ProtocolError as Refused
+from chatservice.backplane.history import History, immediate_executor
+from chatservice.backplane.local import LocalBackplane
+from chatservice.chat.hub import Hub
+from chatservice.chat.messages import TEXT, Join, Leave, Nick, Say, Typing
+from chatservice.chat.messages import ProtocolError as Refused
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

@@ -14,11 +14,11 @@ import pytest
 from members import Client, Prepare
 from twisted.internet.task import Clock
 
-from chatservice.backplane import LocalBackplane
-from chatservice.history import History
-from chatservice.hub import Hub, Session
-from chatservice.identity import AuthPolicy, Verifier
-from chatservice.messages import (
+from chatservice.backplane.history import History
+from chatservice.backplane.local import LocalBackplane
+from chatservice.chat.hub import Hub, Session
+from chatservice.chat.identity import AuthPolicy, Verifier
+from chatservice.chat.messages import (
     TEXT,
     Authenticate,
     Delete,
@@ -31,9 +31,9 @@ from chatservice.messages import (
     parse_json,
     parse_text,
 )
-from chatservice.messages import ProtocolError as Refused
-from chatservice.moderation import Sanction, Sanctions
-from chatservice.presence import Roster
+from chatservice.chat.messages import ProtocolError as Refused
+from chatservice.chat.moderation import Sanction, Sanctions
+from chatservice.chat.presence import Roster
 
 SECRET = "hub-identity-secret-0123456789abcdef"
 

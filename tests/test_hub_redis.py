@@ -19,9 +19,9 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.protocols import portforward
 
-from chatservice.hub import Hub, Session
-from chatservice.messages import Join, Leave, Nick, Say, Typing
-from chatservice.redis_backplane import RedisBackplane, parse_redis_url
+from chatservice.backplane.redis import RedisBackplane, parse_redis_url
+from chatservice.chat.hub import Hub, Session
+from chatservice.chat.messages import Join, Leave, Nick, Say, Typing
 
 Instance = Callable[[], Any]
 

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from chatservice.chat.identity import OFF, AuthError, AuthPolicy, Identity, Verifier, dm_room
+from chatservice.chat.messages import check_room
 from chatservice.config import Config
-from chatservice.identity import OFF, AuthError, AuthPolicy, Identity, Verifier, dm_room
-from chatservice.messages import check_room
 
 SECRET = "a-test-secret-that-is-at-least-32-bytes-long"
 OTHER_SECRET = "another-secret-that-is-at-least-32-bytes-long"

@@ -9,8 +9,8 @@ import autobahn.websocket.protocol as autobahn_protocol
 import pytest
 from autobahn.nvx._xormasker import create_xor_masker as autobahn_masker
 
-import chatservice.protocol  # noqa: F401  (installs the masker)
-from chatservice.masking import SMALL_FRAME, SmallFrameMasker, create_xor_masker
+import chatservice.web.protocol  # noqa: F401  (installs the masker)
+from chatservice.web.masking import SMALL_FRAME, SmallFrameMasker, create_xor_masker
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 1023, 1024])

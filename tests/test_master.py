@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from chatservice.config import Config
-from chatservice.master import HUNG_AFTER, MAX_BACKOFF, STABLE_AFTER, Master, WorkerProtocol
-from chatservice.scoreboard import UP, Scoreboard
-from chatservice.worker import STATUS_FD, WORKER_ENV, WorkerLink
+from chatservice.workers.master import HUNG_AFTER, MAX_BACKOFF, STABLE_AFTER, Master, WorkerProtocol
+from chatservice.workers.scoreboard import UP, Scoreboard
+from chatservice.workers.worker import STATUS_FD, WORKER_ENV, WorkerLink
 
 
 class FakeProcess:

@@ -7,7 +7,7 @@ import json
 import pytest
 from twisted.internet.task import Clock
 
-from chatservice.messages import (
+from chatservice.chat.messages import (
     Help,
     Join,
     Leave,
@@ -22,7 +22,7 @@ from chatservice.messages import (
     parse_text,
     text_lines,
 )
-from chatservice.policy import ConnectionLimits, FloodGuard, OriginPolicy, TokenBucket
+from chatservice.chat.policy import ConnectionLimits, FloodGuard, OriginPolicy, TokenBucket
 
 
 def frame(kind: object, payload: object = None) -> bytes:

@@ -11,12 +11,12 @@ import pytest
 from members import Client, Prepare, joined
 from twisted.internet.task import Clock
 
-from chatservice.backplane import LocalBackplane
-from chatservice.history import History
-from chatservice.hub import Hub
-from chatservice.messages import TEXT, Join, Leave, Nick, Say, Typing, Users
-from chatservice.messages import ProtocolError as Refused
-from chatservice.presence import Changes, Roster
+from chatservice.backplane.history import History
+from chatservice.backplane.local import LocalBackplane
+from chatservice.chat.hub import Hub
+from chatservice.chat.messages import TEXT, Join, Leave, Nick, Say, Typing, Users
+from chatservice.chat.messages import ProtocolError as Refused
+from chatservice.chat.presence import Changes, Roster
 
 #: Rooms with more members than this are large, in these tests.
 LARGE = 3

@@ -8,8 +8,8 @@ import autobahn.websocket.protocol as autobahn_protocol
 import pytest
 import txaio
 
-import chatservice.protocol  # noqa: F401  (installs it)
-from chatservice.quiet import pformat_when_debugging
+import chatservice.web.protocol  # noqa: F401  (installs it)
+from chatservice.web.quiet import pformat_when_debugging
 
 
 @pytest.fixture

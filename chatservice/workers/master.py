@@ -49,13 +49,13 @@ from twisted.python.failure import Failure
 
 from chatservice import logs
 from chatservice.config import Config
-from chatservice.listening import AnnouncingEndpoint, StartupError, describe, with_backlog
-from chatservice.scoreboard import UP, Scoreboard
 from chatservice.systemd import Notifier
-from chatservice.worker import STATUS_FD, WORKER_ENV, WorkerLink
+from chatservice.workers.listening import AnnouncingEndpoint, StartupError, describe, with_backlog
+from chatservice.workers.scoreboard import UP, Scoreboard
+from chatservice.workers.worker import STATUS_FD, WORKER_ENV, WorkerLink
 
-_log = Logger(observer=logs.filtered)
-_always = Logger()
+_log = logs.logger("chatservice.master")
+_always = Logger(namespace="chatservice.master")
 
 #: A worker that ran this long (seconds) before dying is started again at once.
 STABLE_AFTER = 10.0

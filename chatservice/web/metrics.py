@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from chatservice.scoreboard import CONFIGURED, SAMPLES, SAMPLES_AT, UP, Scoreboard
+from chatservice.workers.scoreboard import CONFIGURED, SAMPLES, SAMPLES_AT, UP, Scoreboard
 
 #: Why a WebSocket handshake was refused: a small fixed set (label values).
 REJECT_ORIGIN = "origin"

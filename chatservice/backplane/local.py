@@ -34,12 +34,11 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from chatservice import logs
-from chatservice.history import JOIN_HISTORY, History, StoredMessage
+from chatservice.backplane.history import JOIN_HISTORY, History, StoredMessage
 
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.backplane")
 
 #: What a backplane hands each message of a watched room to.
 Listener = Callable[[StoredMessage], None]

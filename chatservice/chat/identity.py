@@ -21,7 +21,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from chatservice.messages import ProtocolError, clean_username
+from chatservice.chat.messages import ProtocolError, clean_username
 
 if TYPE_CHECKING:
     from chatservice.config import Config

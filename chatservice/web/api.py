@@ -16,20 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from chatservice import logs
-from chatservice.backplane import Backplane, Unavailable
-from chatservice.history import StoredMessage
-from chatservice.hub import JOIN_HISTORY, Hub, iso_time
-from chatservice.identity import DM_PREFIX, AuthError, Identity
-from chatservice.messages import ProtocolError, check_room, clean_username, parse_moderation
-from chatservice.presence import Roster
+from chatservice.backplane.history import StoredMessage
+from chatservice.backplane.local import Backplane, Unavailable
+from chatservice.chat.hub import JOIN_HISTORY, Hub, iso_time
+from chatservice.chat.identity import DM_PREFIX, AuthError, Identity
+from chatservice.chat.messages import ProtocolError, check_room, clean_username, parse_moderation
+from chatservice.chat.presence import Roster
 
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.api")
 
 #: Largest request body the API reads.
 MAX_BODY = 64 * 1024

@@ -16,14 +16,14 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from chatservice import logs
-from chatservice.backplane import Backplane, Presence, Unavailable, Watched
-from chatservice.history import StoredMessage
-from chatservice.identity import DM_PREFIX, OFF, AuthError, AuthPolicy, Identity, dm_room
-from chatservice.messages import (
+from chatservice.backplane.history import StoredMessage
+from chatservice.backplane.local import Backplane, Presence, Unavailable, Watched
+from chatservice.chat.identity import DM_PREFIX, OFF, AuthError, AuthPolicy, Identity, dm_room
+from chatservice.chat.messages import (
     DEFAULT_ROOM,
     MAX_ROOM_LENGTH,
     MAX_USERNAME_LENGTH,
@@ -45,12 +45,12 @@ from chatservice.messages import (
     Typing,
     Users,
 )
-from chatservice.metrics import Counters
-from chatservice.moderation import Sanction, Sanctions, keys_of
-from chatservice.policy import FloodGuard, TokenBucket
-from chatservice.presence import USERS_PAGE, Changes, Roster
+from chatservice.chat.moderation import Sanction, Sanctions, keys_of
+from chatservice.chat.policy import FloodGuard, TokenBucket
+from chatservice.chat.presence import USERS_PAGE, Changes, Roster
+from chatservice.web.metrics import Counters
 
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.hub")
 
 #: How many messages a join without `since` gets.
 JOIN_HISTORY = 50

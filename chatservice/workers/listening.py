@@ -26,7 +26,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 #: For the few lines written at any --log-level.
-_always = Logger()
+_always = Logger(namespace="chatservice.listening")
 
 
 @implementer(IStreamServerEndpoint)

@@ -67,15 +67,14 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatservice import logs
-from chatservice.backplane import Listener, Presence, PresenceListener, Unavailable, Watched
-from chatservice.history import JOIN_HISTORY, StoredMessage
+from chatservice.backplane.history import JOIN_HISTORY, StoredMessage
+from chatservice.backplane.local import Listener, Presence, PresenceListener, Unavailable, Watched
 
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.redis_backplane")
 
 DEFAULT_PORT = 6379
 #: Seconds after its last heartbeat that an instance counts as dead.

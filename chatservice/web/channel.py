@@ -13,14 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.server import Request
 
 from chatservice import logs
-from chatservice.policy import TrustedProxies
+from chatservice.chat.policy import TrustedProxies
 
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.channel")
 
 
 #: Most header lines in one request; more: 431.

@@ -18,15 +18,15 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from chatservice import logs
-from chatservice.api import Api, Health
-from chatservice.backplane import LocalBackplane
-from chatservice.channel import ChatChannel, access_log_formatter, without_token
+from chatservice.backplane.local import LocalBackplane
+from chatservice.chat.hub import Hub
+from chatservice.chat.policy import ConnectionLimits, Limits, TrustedProxies
 from chatservice.config import Config
-from chatservice.hub import Hub
-from chatservice.metrics import Metrics, MetricsPage, SummedCollector
-from chatservice.policy import ConnectionLimits, Limits, TrustedProxies
-from chatservice.protocol import ChatFactory, EndpointFactory, echo_factory
-from chatservice.scoreboard import CONFIGURED, OPEN, UP, Scoreboard, SharedConnectionLimits
+from chatservice.web.api import Api, Health
+from chatservice.web.channel import ChatChannel, access_log_formatter, without_token
+from chatservice.web.metrics import Metrics, MetricsPage, SummedCollector
+from chatservice.web.protocol import ChatFactory, EndpointFactory, echo_factory
+from chatservice.workers.scoreboard import CONFIGURED, OPEN, UP, Scoreboard, SharedConnectionLimits
 
 _NOT_FOUND = notFound()
 

@@ -35,13 +35,12 @@ from typing import Any, Protocol, TypeVar
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from chatservice import logs
 
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.history")
 
 T = TypeVar("T")
 

@@ -26,14 +26,11 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
-from chatservice import __version__, logs, masking, quiet
-from chatservice.config import Config
-from chatservice.frames import TextFrame
-from chatservice.hub import Hub, Session
-from chatservice.messages import (
+from chatservice import __version__, logs
+from chatservice.chat.hub import Hub, Session
+from chatservice.chat.messages import (
     JSON,
     TEXT,
     Dialect,
@@ -44,17 +41,20 @@ from chatservice.messages import (
     parse_text,
     text_lines,
 )
-from chatservice.metrics import (
+from chatservice.chat.policy import Limits, OriginPolicy, TrustedProxies
+from chatservice.config import Config
+from chatservice.web import masking, quiet
+from chatservice.web.frames import TextFrame
+from chatservice.web.metrics import (
     REJECT_ERROR,
     REJECT_LIMIT,
     REJECT_ORIGIN,
     REJECT_SUBPROTOCOL,
     Counters,
 )
-from chatservice.policy import Limits, OriginPolicy, TrustedProxies
 
 # Autobahn's protocol classes own `self.log`; ours is module level.
-_log = Logger(observer=logs.filtered)
+_log = logs.logger("chatservice.protocol")
 
 # Client frames up to 1 KiB are unmasked without Autobahn's per-frame cffi set-up.
 masking.install()

@@ -1,0 +1,1 @@
+"""Where messages are numbered, kept and passed on, and what instances tell each other."""
