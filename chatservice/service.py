@@ -26,12 +26,14 @@ from twisted.python.failure import Failure
 
 from chatservice import logs
 from chatservice.backplane.history import History, ThreadExecutor, immediate_executor
-from chatservice.backplane.local import Backplane, LocalBackplane
+from chatservice.backplane.local import LocalBackplane
 from chatservice.backplane.redis import RedisBackplane, parse_redis_url
+from chatservice.backplane.roles import Backplane
 from chatservice.chat.hub import ChatLimits, Hub
 from chatservice.chat.identity import AuthPolicy
 from chatservice.chat.policy import OriginPolicy
 from chatservice.config import Config
+from chatservice.counters import Counters
 from chatservice.systemd import Notifier
 from chatservice.web.frames import TextFrame
 from chatservice.web.protocol import CLOSE_GOING_AWAY, SERVER_NAME
@@ -51,7 +53,13 @@ _log = logs.logger("chatservice.service")
 _always = Logger()
 
 
-def make_hub(config: Config, backplane: Backplane, clock: IReactorTime) -> Hub:
+def make_hub(
+    config: Config,
+    backplane: Backplane,
+    clock: IReactorTime,
+    auth: AuthPolicy,
+    stats: Counters,
+) -> Hub:
     """The chat hub as `config` describes it."""
     return Hub(
         backplane,
@@ -67,7 +75,8 @@ def make_hub(config: Config, backplane: Backplane, clock: IReactorTime) -> Hub:
         ),
         large_room=config.large_room,
         presence_interval=config.presence_interval,
-        auth=AuthPolicy.from_config(config),
+        auth=auth,
+        stats=stats,
     )
 
 
@@ -101,15 +110,18 @@ class ChatService(MultiService):
         self._watchdog: LoopingCall | None = None
         self.history = History(config.database, config.history, self._run_history)
         self.redis: RedisBackplane | None = None
-        backplane: Backplane
+        self.backplane: Backplane
         if config.redis:
             # Several instances: Redis keeps the history, SQLite is not used.
-            backplane = self.redis = RedisBackplane(
+            self.backplane = self.redis = RedisBackplane(
                 parse_redis_url(config.redis), config.history, reactor, ttl=config.instance_ttl
             )
         else:
-            backplane = LocalBackplane(self.history)
-        self.hub = make_hub(config, backplane, reactor)
+            self.backplane = LocalBackplane(self.history)
+        self.auth = AuthPolicy.from_config(config)
+        #: What /chat counts, with the hub: read by /metrics.
+        self.stats = Counters()
+        self.hub = make_hub(config, self.backplane, reactor, self.auth, self.stats)
         self.worker = worker
         self._master: MasterPipe | None = None
         self._heartbeat: LoopingCall | None = None
@@ -119,8 +131,17 @@ class ChatService(MultiService):
             self.board.clear(worker.slot)
             self.board.set(worker.slot, PID, os.getpid())
         self.site: ChatSite = make_site(
-            config, self.hub, reactor, board=self.board, slot=worker.slot if worker else 0
+            config,
+            self.hub,
+            self.backplane,
+            self.auth,
+            self.stats,
+            reactor,
+            board=self.board,
+            slot=worker.slot if worker else 0,
         )
+        if self.redis is None:
+            self.history.observe_append = self.site.metrics.history_append.observe
         self.listening: list[IListeningPort] = []
         for i, description in enumerate(config.ports):
             if worker is None:
@@ -149,7 +170,7 @@ class ChatService(MultiService):
                 token=self.config.admin_token,
             )
         self._open_history()
-        self.hub.backplane.replay_orders()  # (on Redis: once connected)
+        self.backplane.replay_orders()  # (on Redis: once connected)
         if self.redis is not None:
             if not self.running:
                 _log.info("redis {address}: connecting", address=str(self.redis.address))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from chatservice.backplane.values import Deletion, Notice, Order, Presence, StoredMessage
 from chatservice.chat.hub import Hub, Session
 from chatservice.chat.messages import JSON, Dialect, Event, Join
 
@@ -75,3 +76,29 @@ def joined(
     session = hub.connect(client)
     hub.handle(session, Join(room=room, username=name))
     return client, session
+
+
+class Heard:
+    """Backplane events, recorded: what a test registers in the hub's place."""
+
+    def __init__(self) -> None:
+        self.messages: list[StoredMessage] = []
+        self.deletions: list[Deletion] = []
+        self.presence: list[Presence] = []
+        self.notices: list[Notice] = []
+        self.orders: list[Order] = []
+
+    def on_message(self, message: StoredMessage) -> None:
+        self.messages.append(message)
+
+    def on_deletion(self, deletion: Deletion) -> None:
+        self.deletions.append(deletion)
+
+    def on_presence(self, event: Presence) -> None:
+        self.presence.append(event)
+
+    def on_notice(self, notice: Notice) -> None:
+        self.notices.append(notice)
+
+    def on_order(self, order: Order) -> None:
+        self.orders.append(order)

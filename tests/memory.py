@@ -26,7 +26,9 @@ from twisted.web.server import Site
 
 from chatservice.backplane.history import History, immediate_executor
 from chatservice.backplane.local import LocalBackplane
+from chatservice.chat.identity import AuthPolicy
 from chatservice.config import Config
+from chatservice.counters import Counters
 from chatservice.service import make_hub
 from chatservice.web.site import make_site
 
@@ -35,7 +37,10 @@ def make_test_site(config: Config, clock: Clock) -> Site:
     """The real Site, with a real (in-memory SQLite) history run synchronously."""
     history = History(":memory:", config.history, immediate_executor)
     history.open()
-    return make_site(config, make_hub(config, LocalBackplane(history), clock), reactor=clock)
+    backplane = LocalBackplane(history)
+    auth, stats = AuthPolicy.from_config(config), Counters()
+    hub = make_hub(config, backplane, clock, auth, stats)
+    return make_site(config, hub, backplane, auth, stats, reactor=clock)
 
 
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8080)

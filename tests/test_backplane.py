@@ -1,4 +1,4 @@
-"""The backplane's promises (chatservice/backplane.py), kept by both kinds.
+"""The backplane's promises (chatservice/backplane/roles.py), kept by both kinds.
 
 `LocalBackplane` (one process, SQLite) and `RedisBackplane` (a real
 redis-server) pass the same tests; what only several instances can show
@@ -7,6 +7,7 @@ redis-server) pass the same tests; what only several instances can show
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from members import Heard
 from net import wait_until
 from redis_server import RedisServer
 from twisted.internet import reactor
@@ -22,8 +24,15 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 
 from chatservice.backplane.history import History, StoredMessage, immediate_executor
-from chatservice.backplane.local import Backplane, LocalBackplane, Presence, Unavailable
+from chatservice.backplane.local import LocalBackplane
 from chatservice.backplane.redis import RedisBackplane, parse_redis_url
+from chatservice.backplane.roles import Backplane
+from chatservice.backplane.values import (
+    Deletion,
+    ModerationOrder,
+    Presence,
+    Unavailable,
+)
 
 Make = Callable[..., Any]
 
@@ -55,10 +64,14 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
             pytest_twisted.blockon(thing.stop())
 
 
+def hear(backplane: Backplane) -> Heard:
+    heard = Heard()
+    backplane.register(heard)
+    return heard
+
+
 def listen(backplane: Backplane) -> list[StoredMessage]:
-    got: list[StoredMessage] = []
-    backplane.listener = got.append
-    return got
+    return hear(backplane).messages
 
 
 async def say(backplane: Backplane, room: str, n: int, who: str = "alice") -> list[StoredMessage]:
@@ -181,16 +194,26 @@ async def test_a_dropped_subscription_loses_no_message(redis_server: RedisServer
 
 @pytest_twisted.ensureDeferred
 async def test_redis_down_means_unavailable_then_everything_works_again(
-    redis_server: RedisServer,
+    redis_server: RedisServer, log_events: list[dict[str, Any]]
 ) -> None:
     one, two = await redis_backplane(redis_server), await redis_backplane(redis_server)
-    statuses: list[str | None] = []
-    one.on_status = statuses.append
+
+    def statuses(since: int) -> list[str | None]:
+        """What the log said of Redis after event `since`: why not, or None once connected."""
+        said = []
+        for event in log_events[since:]:
+            if event.get("log_format") == "redis unavailable: {problem}":
+                said.append(event["problem"])
+            elif event.get("log_format", "").startswith("redis connected"):
+                said.append(None)
+        return said
+
     try:
         got = listen(two)
         await two.watch("r")
         before = await one.store("r", "alice", "before", T0)
         await wait_until(lambda: len(got) == 1)
+        killed = len(log_events)
         redis_server.kill()
         await wait_until(lambda: one.problem is not None)
         with pytest.raises(Unavailable):
@@ -199,7 +222,7 @@ async def test_redis_down_means_unavailable_then_everything_works_again(
             await one.recent("r")
         redis_server.start()
         await wait_until(lambda: one.problem is None and two.problem is None)
-        assert statuses[0] is not None and statuses[-1] is None
+        assert statuses(killed)[0] is not None and statuses(killed)[-1] is None
         after = await one.store("r", "alice", "after", T0)
         await wait_until(lambda: len(got) == 2)
         assert got == [before, after]
@@ -272,9 +295,8 @@ async def test_presence_events_in_any_key_order_and_junk_on_a_channel(
     the subscription."""
     backplane = await redis_backplane(redis_server)
     try:
-        got = listen(backplane)
-        heard: list[Presence] = []
-        backplane.presence = heard.append
+        events = hear(backplane)
+        got, heard = events.messages, events.presence
         await backplane.watch("r")
         channel = backplane._channel("r")
         leave = '{"room":"r","name":"bob","member":"dead:1","event":"leave"}'
@@ -329,22 +351,19 @@ async def test_orders_and_deletions_reach_the_other_instances(redis_server: Redi
         backplane.start()
     try:
         await wait_until(lambda: one.problem is None and two.problem is None)
-        orders: list[dict[str, Any]] = []
-        mine: list[dict[str, Any]] = []
-        two.orders = orders.append
-        one.orders = mine.append
-        events: list[Presence] = []
-        two.presence = events.append
+        heard_two, heard_one = hear(two), hear(one)
+        orders, mine = heard_two.orders, heard_one.orders
         await two.watch("r")
         await one.watch("r")
-        one.order({"kind": "kick", "name": "gus", "by": "mod"})
+        kick = ModerationOrder("kick", "gus", None, None, None, "mod")
+        one.order(kick)
         stored = await one.store("r", "gus", "spam", T0)
         await one.delete("r", stored.id, "mod")
-        await wait_until(lambda: orders and any(e.kind == "delete" for e in events))
-        assert orders == [{"kind": "kick", "name": "gus", "by": "mod"}]
+        await wait_until(lambda: bool(orders and heard_two.deletions))
+        assert orders == [kick]
         assert mine == []  # not to itself
-        [deleted] = [e for e in events if e.kind == "delete"]
-        assert (deleted.room, deleted.id, deleted.name) == ("r", stored.id, "mod")
+        assert heard_one.deletions == []
+        assert heard_two.deletions == [Deletion("r", stored.id, "mod")]
     finally:
         await gatherResults([one.stop(), two.stop()])
 
@@ -355,8 +374,8 @@ async def test_kept_orders_are_handed_on_again_after_a_restart(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     later = time.time() + 600
-    ban = {"kind": "ban", "name": "gus", "until": later, "by": "mod"}
-    mute = {"kind": "mute", "name": "bob", "until": later, "by": "mod"}
+    ban = ModerationOrder("ban", "gus", None, None, later, "mod")
+    mute = ModerationOrder("mute", "bob", None, None, later, "mod")
     url = request.getfixturevalue("redis_server").url if kind == "redis" else ""
 
     async def start() -> Any:
@@ -370,17 +389,16 @@ async def test_kept_orders_are_handed_on_again_after_a_restart(
         return backplane
 
     first = await start()
-    first.keep_order("ban|gus|", ban, later)
-    first.keep_order("mute|bob|", mute, later)
-    first.keep_order("mute|bob|", mute, time.time() - 1)  # lifted
+    first.keep_order(ban)
+    first.keep_order(mute)
+    first.keep_order(dataclasses.replace(mute, until=time.time() - 1))  # lifted
     if isinstance(first, RedisBackplane):
         await first.stop()
     second = await start()
-    replayed: list[dict[str, Any]] = []
-    second.orders = replayed.append
+    replayed = hear(second).orders
     second.replay_orders()
     await wait_until(lambda: bool(replayed))
-    assert replayed == [{**ban, "replayed": True}]
+    assert replayed == [dataclasses.replace(ban, replayed=True)]
     if isinstance(second, RedisBackplane):
         await second.stop()
 

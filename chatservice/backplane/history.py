@@ -39,13 +39,11 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from chatservice import logs
+from chatservice.backplane.values import JOIN_HISTORY, StoredMessage
 
 _log = logs.logger("chatservice.history")
 
 T = TypeVar("T")
-
-#: How many messages a join sends at most, unless it recovers from ``since``.
-JOIN_HISTORY = 50
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -91,42 +89,6 @@ ON CONFLICT (room) DO UPDATE SET
     newest_id = max(newest_id, excluded.newest_id),
     pruned_id = max(pruned_id, excluded.pruned_id)
 """
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One chat message as kept in the history.
-
-    Attributes:
-        id: Unique over all rooms and all time; increases strictly.
-        room: The room it was said in.
-        username: Who said it.
-        message: The text.
-        time: When the server received it, ISO 8601 UTC with milliseconds
-            (``2026-11-22T04:02:02.123Z``), as given to `History.append`.
-        user: The user id (a token's ``sub``) of an identified sender; None
-            for a guest.
-    """
-
-    id: int
-    room: str
-    username: str
-    message: str
-    time: str
-    user: str | None = None
-
-    def payload(self) -> dict[str, object]:
-        """The ``chat-message`` payload of this message (docs/protocol.md)."""
-        payload: dict[str, object] = {
-            "id": self.id,
-            "room": self.room,
-            "username": self.username,
-            "message": self.message,
-            "time": self.time,
-        }
-        if self.user is not None:
-            payload["user"] = self.user
-        return payload
 
 
 class Executor(Protocol):

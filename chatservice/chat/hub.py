@@ -20,8 +20,19 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from chatservice import logs
-from chatservice.backplane.history import StoredMessage
-from chatservice.backplane.local import Backplane, Presence, Unavailable, Watched
+from chatservice.backplane.roles import Backplane
+from chatservice.backplane.values import (
+    Deletion,
+    DirectOrder,
+    Displacement,
+    ModerationOrder,
+    Notice,
+    Order,
+    Presence,
+    StoredMessage,
+    Unavailable,
+    Watched,
+)
 from chatservice.chat.identity import DM_PREFIX, OFF, AuthError, AuthPolicy, Identity, dm_room
 from chatservice.chat.messages import (
     DEFAULT_ROOM,
@@ -48,7 +59,7 @@ from chatservice.chat.messages import (
 from chatservice.chat.moderation import Sanction, Sanctions, keys_of
 from chatservice.chat.policy import FloodGuard, TokenBucket
 from chatservice.chat.presence import USERS_PAGE, Changes, Roster
-from chatservice.web.metrics import Counters
+from chatservice.counters import Counters
 
 _log = logs.logger("chatservice.hub")
 
@@ -332,10 +343,7 @@ class Hub:
         auth: AuthPolicy = OFF,
     ) -> None:
         self.backplane = backplane
-        backplane.listener = self._deliver
-        backplane.presence = self._presence
-        backplane.notices = self._notify
-        backplane.orders = self._obey
+        backplane.register(self)
         self.auth = auth
         self.stats = stats if stats is not None else Counters()
         self.clock = clock
@@ -534,6 +542,22 @@ class Hub:
             self._moderation(session, command)
         return None
 
+    # What the HTTP API reads.
+
+    def live_rooms(self) -> list[str]:
+        """The rooms with members (or joiners) here."""
+        return list(self.rooms)
+
+    def member_count(self, room: str) -> int:
+        """`room`'s members as this instance knows them (here and elsewhere); 0 if none here."""
+        live = self.rooms.get(room)
+        return live.count() if live is not None else 0
+
+    def users_page(self, room: str, after: str | None, limit: int) -> dict[str, Any] | None:
+        """A ``chat-users`` page of `room` if it has members here, else None."""
+        live = self.rooms.get(room)
+        return None if live is None else live.users(after, limit)
+
     def notice(self, message: str) -> int:
         """A server-wide announcement to every connection, on every instance.
 
@@ -541,9 +565,24 @@ class Hub:
             How many connections of this instance got it (the others' deliver
             it to theirs).
         """
-        time = iso_time(self.seconds())
-        self.backplane.announce(message, time)
-        return self._notify(message, time)
+        notice = Notice(message, iso_time(self.seconds()))
+        self.backplane.announce(notice)
+        return self.on_notice(notice)
+
+    def on_message(self, message: StoredMessage) -> None:
+        self._deliver(message)
+
+    def on_deletion(self, deletion: Deletion) -> None:
+        self._deleted(deletion.room, deletion.id, deletion.by)
+
+    def on_presence(self, event: Presence) -> None:
+        self._presence(event)
+
+    def on_notice(self, notice: Notice) -> int:
+        return self._notify(notice.message, notice.time)
+
+    def on_order(self, order: Order) -> None:
+        self._obey(order)
 
     def _notify(self, message: str, time: str) -> int:
         event: Event = ("chat-notice", {"message": message, "time": time})
@@ -1193,7 +1232,7 @@ class Hub:
                 # Tell the other one's connections, everywhere (their clients join
                 # too), and remember it for both: their next sign-in is told again.
                 assert session.name is not None  # identified, so named
-                order = {"kind": "direct", "user": user, "room": room, "with": session.name}
+                order = DirectOrder(user, room, session.name)
                 self._obey(order)
                 self.backplane.order(order)
                 self.backplane.converse(identity.user, room, name)
@@ -1247,15 +1286,9 @@ class Hub:
 
         def found(user: str | None) -> dict[str, Any]:
             until = None if action == "kick" else self.seconds() + duration
-            order: dict[str, Any] = {
-                "kind": action,
-                "name": command.username,
-                "user": user,
-                "room": command.room,
-                "until": until,
-                "by": actor,
-                "reason": command.reason,
-            }
+            order = ModerationOrder(
+                action, command.username, user, command.room, until, actor, command.reason
+            )
             _log.info(
                 "moderation: {by} {action} {target} user={user} room={room} "
                 "duration={duration} reason={reason!r}",
@@ -1271,8 +1304,7 @@ class Hub:
             self._obey(order)
             self.backplane.order(order)
             if until is not None:
-                key = f"{action}|{command.username.casefold()}|{command.room or ''}"
-                self.backplane.keep_order(key, order, until)
+                self.backplane.keep_order(order)
             result: dict[str, Any] = {"action": action, "username": command.username, "by": actor}
             if command.room is not None:
                 result["room"] = command.room
@@ -1312,31 +1344,28 @@ class Hub:
             waiting[:] = [m for m in waiting if m.id != message_id]
         self._to_room(room, ("chat-delete", {"room": name, "id": message_id, "by": by}))
 
-    def _obey(self, order: dict[str, Any]) -> None:
+    def _obey(self, order: Order) -> None:
         """Carry out a moderator's (or a direct conversation's) order here."""
-        kind = order.get("kind")
-        if kind == "displace":
+        if isinstance(order, Displacement):
             # An identified user elsewhere took the name a guest here has.
-            guest = self._names.get(str(order.get("name", "")).casefold())
+            guest = self._names.get(order.name.casefold())
             if guest is not None and guest.identity is None:
                 self._displace(guest)
             return
-        if kind == "direct":
-            event: Event = ("chat-direct", {"room": order["room"], "with": order["with"]})
-            for session in list(self._connections_of.get(order["user"], ())):
+        if isinstance(order, DirectOrder):
+            event: Event = ("chat-direct", {"room": order.room, "with": order.other})
+            for session in list(self._connections_of.get(order.user, ())):
                 session.member.send_event(event)
             return
-        if kind not in ("kick", "ban", "mute"):
-            _log.warn("ignored an order of unknown kind {kind!r}", kind=kind)
-            return
-        targets = keys_of(order["name"], order.get("user"))
-        room, by, reason = order.get("room"), order.get("by", "?"), order.get("reason", "")
-        until = order.get("until")
+        kind = order.action
+        targets = keys_of(order.name, order.user)
+        room, by, reason = order.room, order.by, order.reason
+        until = order.until
         if kind != "kick" and until is not None:
             for key in targets:
                 self.sanctions.impose(Sanction(kind, key, room, float(until), by, reason))
         lifted = until is not None and float(until) <= self.seconds()
-        if order.get("replayed"):
+        if order.replayed:
             return  # kept from before: in force again, nobody told again
         for session in [s for s in self.sessions.values() if set(s.keys()) & set(targets)]:
             member = session.member
@@ -1373,8 +1402,6 @@ class Hub:
         kind = event.kind
         if kind == "join":
             self._remote_joined(room, event.member, event.name, event.user)
-        elif kind == "delete":
-            self._deleted(room.name, event.id, event.name)
         elif kind == "leave":
             self._remote_left(room, event.member)
         elif kind == "nick":

@@ -21,10 +21,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from chatservice import logs
-from chatservice.backplane.history import StoredMessage
-from chatservice.backplane.local import Backplane, Unavailable
+from chatservice.backplane.roles import MessageLog, PresenceRelay
+from chatservice.backplane.values import StoredMessage, Unavailable
 from chatservice.chat.hub import JOIN_HISTORY, Hub, iso_time
-from chatservice.chat.identity import DM_PREFIX, AuthError, Identity
+from chatservice.chat.identity import DM_PREFIX, AuthError, AuthPolicy, Identity
 from chatservice.chat.messages import ProtocolError, check_room, clean_username, parse_moderation
 from chatservice.chat.presence import Roster
 
@@ -112,18 +112,30 @@ class Api(Resource):
     """``/broadcast/<message>`` and ``/api/...``: one leaf resource per prefix.
 
     Args:
-        hub: The chat.
-        backplane: Where the rooms' messages are kept.
+        hub: The chat: what the API does goes through it.
+        log: Where the rooms' messages are kept (history, the rooms' list).
+        presence: Who is in a room on other instances.
+        auth: Checks users' tokens, and says which rooms are private.
         token: The admin token.
         prefix: ``broadcast`` or ``api``: which routes this resource serves.
     """
 
     isLeaf = True
 
-    def __init__(self, hub: Hub, backplane: Backplane, token: str, prefix: str) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        log: MessageLog,
+        presence: PresenceRelay,
+        auth: AuthPolicy,
+        token: str,
+        prefix: str,
+    ) -> None:
         super().__init__()
         self.hub = hub
-        self.backplane = backplane
+        self.log = log
+        self.presence = presence
+        self.auth = auth
         self._token = token.encode("utf-8")
         self.prefix = prefix
 
@@ -175,7 +187,7 @@ class Api(Resource):
             given = query[0] if query else b""
         if hmac.compare_digest(given, self._token):
             return Caller("api")
-        verifier = self.hub.auth.verifier
+        verifier = self.auth.verifier
         if verifier is not None and given.count(b".") == 2:
             try:
                 identity = verifier.verify(given.decode("ascii", "replace"))
@@ -202,7 +214,7 @@ class Api(Resource):
         identity = caller.identity
         if identity is None or (identity.admin and not room.startswith(DM_PREFIX)):
             return
-        if self.hub.auth.is_private(room) and not identity.may_enter(room):
+        if self.auth.is_private(room) and not identity.may_enter(room):
             raise ApiError(403, f"forbidden: #{room} is a private room")
 
     def _route(self, request: Request, caller: Caller) -> object:
@@ -231,7 +243,7 @@ class Api(Resource):
             raise ApiError(404, "no such API route")
         if len(parts) == 1:
             self._method(request, b"GET")
-            return self.backplane.rooms().addCallback(
+            return self.log.rooms().addCallback(
                 lambda kept: (200, {"rooms": self._rooms(kept, caller)})
             )
         room = check_room(parts[1])
@@ -256,9 +268,9 @@ class Api(Resource):
             found: Deferred[tuple[list[StoredMessage], bool]]
             if since:
                 since_id = _int_arg(request, "since", 0, 2**63 - 1)
-                found = self.backplane.since(room, since_id, limit)
+                found = self.log.since(room, since_id, limit)
             else:
-                found = self.backplane.recent(room, limit).addCallback(lambda m: (m, False))
+                found = self.log.recent(room, limit).addCallback(lambda m: (m, False))
 
             def answer(found: tuple[list[StoredMessage], bool]) -> tuple[int, object]:
                 messages, recovered = found
@@ -274,11 +286,11 @@ class Api(Resource):
             self._method(request, b"GET")
             limit = _int_arg(request, "limit", USERS_LIMIT, MAX_USERS_LIMIT)
             after = _arg(request, "after") or None
-            live = self.hub.rooms.get(room)
-            if live is not None:
-                return live.users(after, limit)
+            page = self.hub.users_page(room, after, limit)
+            if page is not None:
+                return page
             # Nobody here: members of other instances, if any.
-            return self.backplane.members(room).addCallback(
+            return self.presence.members(room).addCallback(
                 lambda names: (200, _users_page(room, names, after, limit))
             )
         raise ApiError(404, "no such API route")
@@ -290,8 +302,8 @@ class Api(Resource):
             raise ApiError(405, f"use {allowed.decode()}")
 
     def _rooms(self, kept: list[str], caller: Caller) -> list[dict[str, Any]]:
-        names = set(kept) | set(self.hub.rooms)
-        auth = self.hub.auth
+        names = set(kept) | set(self.hub.live_rooms())
+        auth = self.auth
         rooms = []
         for name in sorted(names):
             private = auth.is_private(name)
@@ -306,8 +318,7 @@ class Api(Resource):
             else:
                 rooms.append({"room": name, "private": True})  # the name, nothing else
                 continue
-            live = self.hub.rooms.get(name)
-            entry["members"] = live.count() if live is not None else 0
+            entry["members"] = self.hub.member_count(name)
             rooms.append(entry)
         return rooms
 
@@ -335,7 +346,7 @@ class Api(Resource):
 
     def _mint(self, request: Request) -> tuple[int, object]:
         """``POST /api/tokens``: a signed token for a user, for operators without JWT code."""
-        verifier = self.hub.auth.verifier
+        verifier = self.auth.verifier
         if verifier is None:
             raise ApiError(
                 409, "tokens are off: start the service with --auth optional or required"

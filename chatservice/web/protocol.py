@@ -43,15 +43,15 @@ from chatservice.chat.messages import (
 )
 from chatservice.chat.policy import Limits, OriginPolicy, TrustedProxies
 from chatservice.config import Config
-from chatservice.web import masking, quiet
-from chatservice.web.frames import TextFrame
-from chatservice.web.metrics import (
+from chatservice.counters import (
     REJECT_ERROR,
     REJECT_LIMIT,
     REJECT_ORIGIN,
     REJECT_SUBPROTOCOL,
     Counters,
 )
+from chatservice.web import masking, quiet
+from chatservice.web.frames import TextFrame
 
 # Autobahn's protocol classes own `self.log`; ours is module level.
 _log = logs.logger("chatservice.protocol")
@@ -777,20 +777,22 @@ class Outbox:
 class ChatFactory(EndpointFactory):
     """The factory behind ``/chat``: holds the hub its connections talk to."""
 
-    def __init__(self, config: Config, hub: Hub, limits: Limits) -> None:
-        # One set of totals with the hub, which counts broadcasts and rate limits.
+    def __init__(
+        self, config: Config, hub: Hub, limits: Limits, stats: Counters, clock: IReactorTime
+    ) -> None:
+        # `stats`: one set of totals with the hub, which counts broadcasts and rate limits.
         super().__init__(
             config,
             ChatProtocol,
             config.chat_max_message_size,
             limits,
-            stats=hub.stats,
+            stats=stats,
             accept_compression=(
                 accept_shared_deflate if config.chat_compression else refuse_compression
             ),
         )
         self.hub = hub
-        self.outbox = Outbox(hub.clock)
+        self.outbox = Outbox(clock)
         #: The ``?token=`` of the handshake being handled (see web.WebSocketEndpoint).
         self.handshake_token: str | None = None
         self.max_send_buffer = config.max_send_buffer

@@ -18,10 +18,12 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from chatservice import logs
-from chatservice.backplane.local import LocalBackplane
+from chatservice.backplane.roles import Backplane
 from chatservice.chat.hub import Hub
+from chatservice.chat.identity import AuthPolicy
 from chatservice.chat.policy import ConnectionLimits, Limits, TrustedProxies
 from chatservice.config import Config
+from chatservice.counters import Counters
 from chatservice.web.api import Api, Health
 from chatservice.web.channel import ChatChannel, access_log_formatter, without_token
 from chatservice.web.metrics import Metrics, MetricsPage, SummedCollector
@@ -140,6 +142,9 @@ def _protocol_of(transport: Any) -> Any:
 def make_site(
     config: Config,
     hub: Hub,
+    backplane: Backplane,
+    auth: AuthPolicy,
+    stats: Counters,
     reactor: Any = None,
     metrics_registry: CollectorRegistry | None = None,
     board: Scoreboard | None = None,
@@ -150,7 +155,12 @@ def make_site(
     Args:
         config: The service's settings.
         hub: The chat's rooms and connections.
-        reactor: What HTTP timeouts are scheduled on (the global reactor if None).
+        backplane: Where the rooms' messages are kept (the API reads it) and
+            whether it works (``/healthz``).
+        auth: How users' tokens are checked (the API takes them too).
+        stats: Where ``/chat`` counts, with the hub (``/metrics`` reads it).
+        reactor: What HTTP timeouts and the chat's writes are scheduled on (the
+            global reactor if None).
         metrics_registry: Where /metrics registers this site's metrics (a new
             registry of its own if None; never the process-wide default, so
             several services can live in one process).
@@ -166,26 +176,28 @@ def make_site(
         limits = SharedConnectionLimits(
             board, slot, config.max_connections, config.max_connections_per_address
         )
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
     echo = echo_factory(config, limits)
-    chat = ChatFactory(config, hub, limits)
+    chat = ChatFactory(config, hub, limits, stats, reactor)
     root = StaticFiles(config.static_dir)
     root.putChild(b"echo", WebSocketEndpoint(echo, "/echo"))
     root.putChild(b"chat", WebSocketEndpoint(chat, "/chat"))
     token = config.admin_token
-    root.putChild(b"broadcast", Api(hub, hub.backplane, token, "broadcast"))
-    root.putChild(b"api", Api(hub, hub.backplane, token, "api"))
-    seconds = hub.seconds
+    for prefix in ("broadcast", "api"):
+        root.putChild(prefix.encode(), Api(hub, backplane, backplane, auth, token, prefix))
+    seconds = reactor.seconds
     started = seconds()
     health = Health(
         lambda: limits.open,
         lambda: seconds() - started,
-        lambda: hub.backplane.problem,
+        lambda: backplane.problem,
         None if board is None else lambda: workers_health(board, slot),
     )
     root.putChild(b"healthz", health)
     metrics = Metrics((("echo", echo), ("chat", chat)), metrics_registry)
-    if isinstance(hub.backplane, LocalBackplane):
-        hub.backplane.history.observe_append = metrics.history_append.observe
     if board is not None:
         summed = SummedCollector(metrics.registry, board, slot)
         exposed = CollectorRegistry(auto_describe=False)

@@ -71,8 +71,20 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatservice import logs
-from chatservice.backplane.history import JOIN_HISTORY, StoredMessage
-from chatservice.backplane.local import Listener, Presence, PresenceListener, Unavailable, Watched
+from chatservice.backplane.codec import order_fields, order_json, parse_order
+from chatservice.backplane.roles import BackplaneEvents
+from chatservice.backplane.values import (
+    JOIN_HISTORY,
+    Deletion,
+    Displacement,
+    ModerationOrder,
+    Notice,
+    Order,
+    Presence,
+    StoredMessage,
+    Unavailable,
+    Watched,
+)
 
 _log = logs.logger("chatservice.redis_backplane")
 
@@ -351,8 +363,10 @@ def _member_value(name: str, user: str | None) -> str:
     return name if user is None else f"{name}{_USER_MARK}{user}"
 
 
-def _presence(fields: dict[str, Any]) -> Presence:
+def _presence(fields: dict[str, Any]) -> Presence | Deletion:
     name, _, user = str(fields.get("name", "")).partition(_USER_MARK)
+    if fields["event"] == "delete":
+        return Deletion(fields["room"], int(fields["id"]), name)
     return Presence(
         kind=fields["event"],
         room=fields["room"],
@@ -360,7 +374,6 @@ def _presence(fields: dict[str, Any]) -> Presence:
         name=name,
         old=fields.get("old", ""),
         rooms=tuple(fields.get("rooms") or ()),
-        id=int(fields.get("id", 0)),
         user=fields.get("user") or user,
     )
 
@@ -380,7 +393,7 @@ class _Watch:
         #: The last id passed on (or the position); None until known.
         self.last: int | None = None
         #: What came live while the position or a backfill was read, else None.
-        self.waiting: list[StoredMessage | Presence] | None = None
+        self.waiting: list[StoredMessage | Presence | Deletion] | None = None
         #: Who waits for the position.
         self.callers: list[Deferred[Watched]] = []
 
@@ -494,10 +507,7 @@ class RedisBackplane:
         #: This instance, for the others: random, new at every start.
         self.instance = os.urandom(6).hex()
         self.guest_prefix = self.instance[:4] + "-"
-        self.listener: Listener | None = None
-        self.presence: PresenceListener | None = None
-        self.notices: Callable[[str, str], object] | None = None
-        self.orders: Callable[[dict[str, Any]], object] | None = None
+        self._events: BackplaneEvents | None = None
         # Pub/sub channels are not per database: theirs say which one.
         self._channels = f"{prefix}{address.db or 0}:"
         self._notices_channel = f"{self._channels}notices"
@@ -511,8 +521,6 @@ class RedisBackplane:
         self._pinging = False
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
-        #: Called with None when Redis is reachable again, or with the reason it is not.
-        self.on_status: Callable[[str | None], None] | None = None
         self._watches: dict[str, _Watch] = {}
         self._by_channel: dict[str, str] = {}
         self._commands = _Commands(self, address)
@@ -529,6 +537,10 @@ class RedisBackplane:
         self._stopping = False
         #: Why the last connection attempt failed, if it did.
         self._why = ""
+
+    def register(self, events: BackplaneEvents) -> None:
+        """Hand every event from now on to `events` (the hub's)."""
+        self._events = events
 
     # -- connecting --------------------------------------------------------
 
@@ -639,8 +651,6 @@ class RedisBackplane:
                 _log.info("redis connected address={address}", address=str(self.address))
             else:
                 _log.warn("redis unavailable: {problem}", problem=problem)
-            if self.on_status is not None:
-                self.on_status(problem)
 
     def _subscribed(self, _: object, room: str, watch: _Watch) -> None:
         if self._watches.get(room) is watch:
@@ -753,7 +763,7 @@ class RedisBackplane:
             def answered_user(reply: Any) -> bool:
                 if isinstance(reply, bytes | str):
                     # A guest (of any instance) had it: its instance renames it.
-                    self.order({"kind": "displace", "name": name})
+                    self.order(Displacement(name))
                     return True
                 return bool(int(reply))
 
@@ -859,18 +869,18 @@ class RedisBackplane:
         d = self._command("hvals", self._key(room, "members"))
         return d.addCallback(lambda names: [_text(n).partition(_USER_MARK)[0] for n in names])
 
-    def order(self, order: dict[str, Any]) -> None:
+    def order(self, order: Order) -> None:
+        fields = order_fields(order)
         if not self._commands_ready:
-            _log.warn(
-                "redis unavailable: {kind} reached this instance only", kind=order.get("kind")
-            )
+            _log.warn("redis unavailable: {kind} reached this instance only", kind=fields["kind"])
             return
-        payload = _event({"instance": self.instance, "order": order})
+        payload = _event({"instance": self.instance, "order": fields})
         self._quietly(self._command("publish", self._notices_channel, payload), "order")
 
-    def keep_order(self, key: str, order: dict[str, Any], until: float) -> None:
-        if until > time.time():
-            d = self._command("hset", f"{self.prefix}orders", key, _event(order))
+    def keep_order(self, order: ModerationOrder) -> None:
+        key = order.key
+        if (order.until or 0) > time.time():
+            d = self._command("hset", f"{self.prefix}orders", key, order_json(order))
         else:
             d = self._command("hdel", f"{self.prefix}orders", key)
         d.addErrback(
@@ -888,21 +898,23 @@ class RedisBackplane:
         def replay(kept: dict[Any, Any]) -> None:
             now = time.time()
             for key, body in kept.items():
-                order = json.loads(body)
-                if float(order.get("until") or 0) <= now:
+                order = parse_order(json.loads(body), replayed=True)
+                if not isinstance(order, ModerationOrder) or (order.until or 0) <= now:
                     self._quietly(self._command("hdel", f"{self.prefix}orders", key), "hdel")
-                elif self.orders is not None:
-                    self.orders({**order, "replayed": True})
+                elif self._events is not None:
+                    self._events.on_order(order)
 
         d = self._command("hgetall", f"{self.prefix}orders").addCallback(replay)
         self._quietly(d, "replay orders")
 
-    def announce(self, message: str, time: str) -> None:
+    def announce(self, notice: Notice) -> None:
         if not self._commands_ready:
             _log.warn("redis unavailable: the announcement reached this instance only")
             return
-        notice = _event({"instance": self.instance, "message": message, "time": time})
-        self._quietly(self._command("publish", self._notices_channel, notice), "announce")
+        payload = _event(
+            {"instance": self.instance, "message": notice.message, "time": notice.time}
+        )
+        self._quietly(self._command("publish", self._notices_channel, payload), "announce")
 
     def _restore(self) -> None:
         """Put back this instance's names and members (after an outage, or being reaped)."""
@@ -1074,23 +1086,28 @@ class RedisBackplane:
             channel = channel.decode()
         if channel == self._notices_channel:
             notice = json.loads(payload)
-            if notice.get("instance") == self.instance:
+            if notice.get("instance") == self.instance or self._events is None:
                 return
             if "order" in notice:
-                if self.orders is not None:
-                    self.orders(notice["order"])
-            elif self.notices is not None:
-                self.notices(notice["message"], notice["time"])
+                order = parse_order(notice["order"])
+                if order is None:
+                    _log.warn("ignored an order of unknown kind {order!r}", order=notice["order"])
+                else:
+                    self._events.on_order(order)
+            else:
+                self._events.on_notice(Notice(notice["message"], notice["time"]))
             return
         room = self._by_channel.get(channel)
         if room is None:
             return  # unwatched meanwhile
         watch = self._watches[room]
-        item: StoredMessage | Presence
+        item: StoredMessage | Presence | Deletion
         try:
             fields = json.loads(payload)
             # (Presence events name their "event"; a reaper's come from Lua's
             # cjson, whose keys are in no particular order.)
+            if "event" in fields and str(fields.get("member", "")).startswith(self.instance + ":"):
+                return  # our own: the hub knows
             item = _presence(fields) if "event" in fields else _message(fields)
         except (ValueError, KeyError, TypeError):
             _log.warn(
@@ -1099,23 +1116,26 @@ class RedisBackplane:
                 payload=payload[:200],
             )
             return
-        if isinstance(item, Presence) and item.member.startswith(self.instance + ":"):
-            return  # our own: the hub knows
         if watch.waiting is not None:
             watch.waiting.append(item)
         else:
             self._pass_on(watch, item)
 
-    def _pass_on(self, watch: _Watch, message: StoredMessage | Presence) -> None:
+    def _pass_on(self, watch: _Watch, message: StoredMessage | Presence | Deletion) -> None:
+        events = self._events
         if isinstance(message, Presence):
-            if self.presence is not None:
-                self.presence(message)
+            if events is not None:
+                events.on_presence(message)
+            return
+        if isinstance(message, Deletion):
+            if events is not None:
+                events.on_deletion(message)
             return
         if watch.last is not None and message.id <= watch.last:
             return  # had it already (a backfill overlapping the live messages)
         watch.last = message.id
-        if self.listener is not None:
-            self.listener(message)
+        if events is not None:
+            events.on_message(message)
 
     def _release(self, room: str, watch: _Watch) -> None:
         """Pass on the live messages that waited for a position or backfill."""
