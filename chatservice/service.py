@@ -29,9 +29,10 @@ from chatservice.backplane.history import History, ThreadExecutor, immediate_exe
 from chatservice.backplane.local import LocalBackplane
 from chatservice.backplane.redis import RedisBackplane, parse_redis_url
 from chatservice.backplane.roles import Backplane
-from chatservice.chat.hub import ChatLimits, Hub
+from chatservice.chat.hub import Hub
 from chatservice.chat.identity import AuthPolicy
 from chatservice.chat.policy import OriginPolicy
+from chatservice.chat.session import ChatLimits
 from chatservice.config import Config
 from chatservice.counters import Counters
 from chatservice.systemd import Notifier

@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from chatservice.backplane.values import Deletion, Notice, Order, Presence, StoredMessage
-from chatservice.chat.hub import Hub, Session
+from chatservice.chat.hub import Hub
 from chatservice.chat.messages import JSON, Dialect, Event, Join
+from chatservice.chat.session import Session
 
 
 class Client:

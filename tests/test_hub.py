@@ -459,7 +459,7 @@ def test_a_join_whose_history_runs_ahead_of_the_room_gets_each_message_once(
     assert dave.got("chat-history")[-1] == {"room": "r", "messages": [], "recovered": True}
     assert dave.got("chat-users") == []  # not a member until the room catches up
     for message in late:  # the backfill
-        hub._deliver(message)
+        hub.on_message(message)
     hub.handle(b, Say("after", room="r"))
 
     def said(client: Client) -> list[str]:

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 
 from chatservice.backplane.history import History
 from chatservice.backplane.local import LocalBackplane
-from chatservice.chat.hub import Hub, Session
+from chatservice.chat.hub import Hub
 from chatservice.chat.identity import AuthPolicy, Verifier
 from chatservice.chat.messages import (
     TEXT,
@@ -34,6 +34,7 @@ from chatservice.chat.messages import (
 from chatservice.chat.messages import ProtocolError as Refused
 from chatservice.chat.moderation import Sanction, Sanctions
 from chatservice.chat.presence import Roster
+from chatservice.chat.session import Session
 
 SECRET = "hub-identity-secret-0123456789abcdef"
 

@@ -20,8 +20,9 @@ from twisted.internet.task import deferLater
 from twisted.protocols import portforward
 
 from chatservice.backplane.redis import RedisBackplane, parse_redis_url
-from chatservice.chat.hub import Hub, Session
+from chatservice.chat.hub import Hub
 from chatservice.chat.messages import Join, Leave, Nick, Say, Typing
+from chatservice.chat.session import Session
 
 Instance = Callable[[], Any]
 

@@ -5,12 +5,13 @@ Specified in docs/protocol.md ("/chat"); no I/O and no Twisted here.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 MAX_USERNAME_LENGTH = 32
 MAX_ROOM_LENGTH = 64
@@ -51,11 +52,21 @@ class ProtocolError(Exception):
         return ("chat-error", payload)
 
 
-# Commands, client to server.
+def iso_time(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds, as every wire ``time``: ``2026-11-22T04:02:02.123Z``."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# Commands, client to server.  Each knows the type of the frame it came in
+# (`frame_type`), which errors about it name.
 
 
 @dataclass(frozen=True, slots=True)
 class Join:
+    """``chat-join`` (text: ``/join``): enter `room`; the first one names the client."""
+
+    frame_type: ClassVar[str] = "chat-join"
     room: str
     username: str | None = None
     since: int | None = None
@@ -63,28 +74,42 @@ class Join:
 
 @dataclass(frozen=True, slots=True)
 class Say:
+    """``chat-message`` (text: any line): say `message` in `room` (the current room if None)."""
+
+    frame_type: ClassVar[str] = "chat-message"
     message: str
     room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Leave:
+    """``chat-leave`` (text: ``/leave``): leave `room` (the current room if None)."""
+
+    frame_type: ClassVar[str] = "chat-leave"
     room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Typing:
+    """``chat-typing``: tell `room` (the current room if None) the client is typing."""
+
+    frame_type: ClassVar[str] = "chat-typing"
     room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Nick:
+    """``chat-nick`` (text: ``/nick``): the client is called `username` from now on."""
+
+    frame_type: ClassVar[str] = "chat-nick"
     username: str
 
 
 @dataclass(frozen=True, slots=True)
 class Users:
     """A page of a room's member names (text dialect: ``/who``)."""
+
+    frame_type: ClassVar[str] = "chat-users"
 
     room: str | None = None
     after: str | None = None
@@ -94,10 +119,14 @@ class Users:
 class Help:
     """Text dialect: list the commands."""
 
+    frame_type: ClassVar[str] = "chat-help"
+
 
 @dataclass(frozen=True, slots=True)
 class Authenticate:
     """``chat-auth``: a signed token saying who the client is."""
+
+    frame_type: ClassVar[str] = "chat-auth"
 
     token: str
 
@@ -105,6 +134,8 @@ class Authenticate:
 @dataclass(frozen=True, slots=True)
 class Direct:
     """``chat-join`` with ``with``: the direct conversation with another user."""
+
+    frame_type: ClassVar[str] = "chat-join"
 
     username: str
     since: int | None = None
@@ -125,10 +156,17 @@ class Moderate:
     duration: float | None = None
     reason: str = ""
 
+    @property
+    def frame_type(self) -> str:
+        """``chat-kick``, ``chat-ban`` or ``chat-mute``."""
+        return f"chat-{self.action}"
+
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     """``chat-delete``: remove a message from a room and its history (moderators only)."""
+
+    frame_type: ClassVar[str] = "chat-delete"
 
     room: str
     id: int

@@ -1,7 +1,8 @@
 """Bans and mutes: who may not do what, where, until when.
 
-A plain class without I/O; the hub (`chatservice.hub`) applies moderators'
-orders to it and asks it before a join, a message or a token is accepted.
+A plain class without I/O; the hub's moderation workflow
+(`chatservice.chat.moderating`) applies moderators' orders to it, and the hub
+asks it before a join, a message or a token is accepted.
 Specified in docs/protocol.md ("Moderation").
 
 Targets are keys: ``user:<id>`` for an identified user (whatever name their
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from chatservice.chat.messages import iso_time
 
 #: What a sanction forbids: ``ban`` (being here), ``mute`` (saying anything).
 KINDS = ("ban", "mute")
@@ -37,6 +40,19 @@ class Sanction:
     until: float
     by: str
     reason: str = ""
+
+
+def sanction_text(sanction: Sanction, what: str) -> str:
+    """What the sanctioned user is told: ``you are banned from #room until ... by mod: why``.
+
+    Args:
+        sanction: The ban or mute in force.
+        what: ``banned`` or ``muted``.
+    """
+    where = f" from #{sanction.room}" if sanction.room and what == "banned" else ""
+    where = f" in #{sanction.room}" if sanction.room and what == "muted" else where
+    because = f": {sanction.reason}" if sanction.reason else ""
+    return f"you are {what}{where} until {iso_time(sanction.until)} by {sanction.by}{because}"
 
 
 def keys_of(name: str | None, user: str | None) -> tuple[str, ...]:

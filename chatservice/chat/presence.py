@@ -1,6 +1,7 @@
 """Who is in a room, for rooms of any size: sorted names in pages, changes gathered.
 
-Plain classes without I/O; the hub (`chatservice.hub`) decides when to use them.
+Plain classes without I/O; the hub's room presence (`chatservice.chat.rooms`) decides
+when to use them.
 Specified in docs/protocol.md ("Large rooms").
 """
 

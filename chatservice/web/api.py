@@ -22,10 +22,16 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from chatservice import logs
 from chatservice.backplane.roles import MessageLog, PresenceRelay
-from chatservice.backplane.values import StoredMessage, Unavailable
-from chatservice.chat.hub import JOIN_HISTORY, Hub, iso_time
+from chatservice.backplane.values import JOIN_HISTORY, StoredMessage, Unavailable
+from chatservice.chat.hub import Hub
 from chatservice.chat.identity import DM_PREFIX, AuthError, AuthPolicy, Identity
-from chatservice.chat.messages import ProtocolError, check_room, clean_username, parse_moderation
+from chatservice.chat.messages import (
+    ProtocolError,
+    check_room,
+    clean_username,
+    iso_time,
+    parse_moderation,
+)
 from chatservice.chat.presence import Roster
 
 _log = logs.logger("chatservice.api")
