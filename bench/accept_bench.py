@@ -10,14 +10,14 @@ Three ways for --workers (default 2) Twisted processes to serve one port:
   every connection and whichever calls accept() first gets it.
 - ``balanced``: ``shared`` plus chatservice's balancing rule; what
   ``chatservice --workers N`` does.  This process also creates a scoreboard
-  (``chatservice.scoreboard.Scoreboard``, a file in a temporary directory of
+  (``chatservice.workers.scoreboard.Scoreboard``, a file in a temporary directory of
   the run) and gives every worker its slot (``--board PATH --slot N``); a
   worker writes its pid in its row, adds 1 to its open connections (``OPEN``)
   for each connection it accepts and takes 1 off when the client closes it,
   and its port is wrapped (after the accept cap) with
-  ``chatservice.listening.balance_accepts``: a worker holding more than its
+  ``chatservice.workers.listening.balance_accepts``: a worker holding more than its
   share of the live workers' open connections
-  (``chatservice.scoreboard.overloaded``) stops watching the socket for
+  (``chatservice.workers.scoreboard.overloaded``) stops watching the socket for
   ``YIELD_SECONDS`` (5 ms) so that another takes the connection, then accepts
   whatever is still waiting.
 - ``reuseport``: every worker binds and listens its own socket with
@@ -30,7 +30,7 @@ each connection accepted they burn --work-ms of CPU (default 1 ms, standing in
 for a WebSocket handshake), write their pid and a newline, and keep the
 connection until the client closes it.  Their port takes at most --accept-cap
 (32) connections per reactor iteration, as chatservice's does
-(``chatservice.listening.pace_accepts``); ``--accept-cap 0`` leaves Twisted's
+(``chatservice.workers.listening.pace_accepts``); ``--accept-cap 0`` leaves Twisted's
 own behaviour (100 per iteration, 20 more whenever it took them all).
 
 The client is this process (non-blocking sockets, one epoll loop): it opens
@@ -117,7 +117,7 @@ from chatservice.workers.scoreboard import OPEN, PID, Scoreboard, overloaded
 
 SCRIPT = Path(__file__).resolve()
 HOST = "127.0.0.1"
-#: chatservice's listen backlog (``chatservice.listening.LISTEN_BACKLOG``).
+#: chatservice's listen backlog (``chatservice.workers.listening.LISTEN_BACKLOG``).
 BACKLOG = 1024
 STRATEGIES = ("shared", "balanced", "reuseport")
 PATTERNS = ("burst", "paced")

@@ -4,11 +4,11 @@
 Threshold: for chat-message events whose text is N characters of chat as people
 write it (a fixed corpus of chat lines, shuffled with a fixed seed), the event's
 size as the server encodes it, its size compressed the way ``/chat`` compresses
-it (`chatservice.frames`: one message on its own, no context), the fraction
+it (`chatservice.web.frames`: one message on its own, no context), the fraction
 saved, and the server CPU one compression costs, in microseconds (the median
 over many events, in this process).  ``crossover_event_bytes`` is the event size
 from which deflate saves a quarter of the frame (`WORTH_IT`);
-`chatservice.frames.DEFLATE_MIN_SIZE` (``chosen_min_size``) is chosen near it.
+`chatservice.web.frames.DEFLATE_MIN_SIZE` (``chosen_min_size``) is chosen near it.
 
 Join history on the wire: a real ``twistd chatservice`` (in-memory database)
 gets ``--history`` messages of such chat in one room through its HTTP API;

@@ -1,7 +1,7 @@
 """What checking a sign-in token costs the server, by key kind.
 
 Every ``chat-auth`` (and ``?token=``, and an API call with a user's token) is one
-`chatservice.identity.Verifier.verify`: the signature check (PyJWT with
+`chatservice.chat.identity.Verifier.verify`: the signature check (PyJWT with
 ``cryptography``) and the claims.  This times it in this process for HS256, RS256
 (2048-bit), ES256 and EdDSA (Ed25519) tokens, as many as it can in `--seconds`
 each, and prints JSON: verifications per second of CPU and microseconds each.

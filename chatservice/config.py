@@ -65,7 +65,7 @@ class Config:
         shutdown_timeout: Seconds to wait at shutdown for clients to finish
             their closing handshakes.
         workers: Processes serving connections; more than one needs `redis`
-            (a master listens, the workers accept; see chatservice.master).
+            (a master listens, the workers accept; see chatservice.workers.master).
         admin_token: The HTTP API's bearer token.
         admin_token_generated: Whether `admin_token` was made up at start
             (then it is logged once, so the API is never open by accident).
@@ -75,7 +75,7 @@ class Config:
             the tokens of ``POST /api/tokens``.
         auth_public_key: Path of a PEM public key or JWKS file that checks
             RS/ES/EdDSA tokens ("" for none); read by
-            `chatservice.identity.AuthPolicy.from_config`.
+            `chatservice.chat.identity.AuthPolicy.from_config`.
         auth_audience: The ``aud`` a token must name ("" to check none).
         auth_issuer: The ``iss`` a token must have ("" to check none).
         auth_leeway: Seconds of clock difference allowed for ``exp`` and ``nbf``.

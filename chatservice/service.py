@@ -1,8 +1,8 @@
 """The running service: one Site listening on every configured endpoint.
 
 With ``--workers N`` this is one worker: it accepts on the sockets its master
-listens on (`chatservice.listening.SharedPortEndpoint`) and shares the
-connection limits and metrics through the scoreboard (`chatservice.scoreboard`).
+listens on (`chatservice.workers.listening.SharedPortEndpoint`) and shares the
+connection limits and metrics through the scoreboard (`chatservice.workers.scoreboard`).
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ class ChatService(MultiService):
             svc.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
+        """Open the history and listen (as root, before twistd drops privileges)."""
         self._open_history()
         try:
             super().privilegedStartService()
@@ -164,6 +165,7 @@ class ChatService(MultiService):
             raise StartupError(f"cannot listen: {describe(e)}") from None
 
     def startService(self) -> None:
+        """Start the backplane (SQLite's thread, or Redis) and tell systemd once ready."""
         if self.config.admin_token_generated and not self.running:
             _log.warn(
                 "HTTP API token (made up at start; set --admin-token or "

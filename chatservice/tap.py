@@ -71,6 +71,7 @@ def existing_directory(value: str) -> Path:
 
 
 def log_level(value: str) -> str:
+    """A ``--log-level`` value: one of `LOG_LEVELS`."""
     level = value.strip().lower()
     if level not in LOG_LEVELS:
         raise usage.UsageError(f"--log-level {value!r}: must be one of {', '.join(LOG_LEVELS)}")
@@ -199,7 +200,7 @@ def public_key_file(value: str) -> str:
     """Check an ``--auth-public-key`` file: a PEM public key or a JWKS.
 
     Returns:
-        Its absolute path (`chatservice.identity.AuthPolicy` reads it again).
+        Its absolute path (`chatservice.chat.identity.AuthPolicy` reads it again).
 
     Raises:
         usage.UsageError: It cannot be read or holds no usable public key.
@@ -219,7 +220,7 @@ def public_key_file(value: str) -> str:
     return str(path.resolve())
 
 
-#: Room names (chatservice.messages.check_room) with glob characters.
+#: Room names (chatservice.chat.messages.check_room) with glob characters.
 _ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,64}")
 
 
@@ -424,6 +425,7 @@ class Options(usage.Options):
     opt_p = opt_port
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse the command line, over the ``--config`` file's values."""
         if options is None:
             options = sys.argv[1:]
         self.arguments = list(options)
@@ -492,6 +494,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--config {path!r}: {key} must be a string or a number")
 
     def postOptions(self) -> None:
+        """Check every value and build the frozen `Config` (a bad one: a one-line usage error)."""
         if self["config"]:
             self._apply_config_file(self["config"])
         ports = self["port"] or [endpoint_description(DEFAULT_PORT)]

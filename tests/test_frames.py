@@ -1,4 +1,4 @@
-"""Frames built once for many connections, plain and deflated (chatservice.frames)."""
+"""Frames built once for many connections, plain and deflated (chatservice.web.frames)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token verification (chatservice.identity): tokens signed here with PyJWT, no reactor."""
+"""Token verification (chatservice.chat.identity): tokens signed here with PyJWT, no reactor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unmasking client frames (chatservice.masking), against Autobahn's own masker."""
+"""Unmasking client frames (chatservice.web.masking), against Autobahn's own masker."""
 
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ class ProtocolError(Exception):
         self.about = about
 
     def event(self) -> Event:
+        """The ``chat-error`` event telling the client."""
         payload: dict[str, Any] = {"code": self.code, "reason": self.reason}
         if self.type is not None:
             payload["type"] = self.type

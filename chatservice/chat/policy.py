@@ -75,14 +75,20 @@ class FloodGuard:
 
 class Limits(Protocol):
     """What the WebSocket endpoints ask of the connection limits: `ConnectionLimits`
-    in one process, `chatservice.scoreboard.SharedConnectionLimits` over workers."""
+    in one process, `chatservice.workers.scoreboard.SharedConnectionLimits` over workers."""
 
     @property
-    def open(self) -> int: ...
+    def open(self) -> int:
+        """Open connections now."""
+        ...
 
-    def acquire(self, address: str) -> str | None: ...
+    def acquire(self, address: str) -> str | None:
+        """Count a connection from `address`: None if it may open, else why not (the 503)."""
+        ...
 
-    def release(self, address: str) -> None: ...
+    def release(self, address: str) -> None:
+        """A connection from `address` closed."""
+        ...
 
 
 class ConnectionLimits:
@@ -250,6 +256,7 @@ class TrustedProxies:
         return bool(self._networks)
 
     def trusts(self, host: str) -> bool:
+        """Whether `host` (an address) is one of the trusted proxies."""
         try:
             address = ipaddress.ip_address(host)
         except ValueError:

@@ -68,10 +68,12 @@ class Roster:
         return False
 
     def rename(self, old: str, new: str) -> None:
+        """`old` is called `new` now (once)."""
         self.remove(old)
         self.add(new)
 
     def all(self) -> list[str]:
+        """Every name, sorted case-insensitively."""
         return list(self._names)
 
     def page(self, after: str | None, limit: int) -> tuple[list[str], str | None]:
@@ -106,18 +108,21 @@ class Changes:
         return bool(self.joined or self.left or self.renamed)
 
     def join(self, name: str) -> None:
+        """`name` joined (cancels a leave of this interval)."""
         if name in self.left:
             del self.left[name]
         else:
             self.joined[name] = None
 
     def leave(self, name: str) -> None:
+        """`name` left (cancels a join of this interval)."""
         if name in self.joined:
             del self.joined[name]
         else:
             self.left[name] = None
 
     def rename(self, old: str, new: str) -> None:
+        """`old` is `new` now: a rename (or `new` joining, if `old` joined in this interval)."""
         if old in self.joined:
             # Joined and renamed within the interval: the others only see the new name.
             del self.joined[old]

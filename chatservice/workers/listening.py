@@ -61,6 +61,8 @@ class AnnouncingEndpoint:
         self._announce = announce
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen, and note the port (and say where, for the log)."""
+
         def announce(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
             if self._accept:
@@ -186,6 +188,7 @@ class SharedPortEndpoint:
         self._overloaded = overloaded
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Accept on the socket the master listens on."""
         return defer.execute(self._adopt, factory)
 
     def _adopt(self, factory: IProtocolFactory) -> IListeningPort:
@@ -239,6 +242,7 @@ class StartupError(Exception):
 
 
 def describe(error: CannotListenError) -> str:
+    """One line on why a port could not be bound."""
     interface = error.interface or "all interfaces"
     reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
     return f"port {error.port} on {interface}: {reason}"

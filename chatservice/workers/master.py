@@ -3,9 +3,9 @@
 The master listens on every ``--port`` (any endpoint: ``tcp:``, ``ssl:``,
 ``unix:``, ``systemd:``) and accepts nothing; it starts N workers, each
 ``twistd chatservice`` with the same options, giving them the listening sockets
-(`chatservice.listening.SharedPortEndpoint` accepts on them) and a slot of the
-scoreboard (`chatservice.scoreboard`).  Workers share rooms, presence and history
-through Redis, like separate instances.  See `chatservice.worker` for the pipes
+(`chatservice.workers.listening.SharedPortEndpoint` accepts on them) and a slot of the
+scoreboard (`chatservice.workers.scoreboard`).  Workers share rooms, presence and history
+through Redis, like separate instances.  See `chatservice.workers.worker` for the pipes
 between them.
 
 The master supervises:
@@ -131,12 +131,14 @@ class Master(MultiService):
             svc.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
+        """Listen on every port (as root, before twistd drops privileges)."""
         try:
             super().privilegedStartService()
         except CannotListenError as e:
             raise StartupError(f"cannot listen: {describe(e)}") from None
 
     def startService(self) -> None:
+        """Start the workers and the checks of their heartbeats."""
         if self.running:
             return
         super().startService()
@@ -162,6 +164,7 @@ class Master(MultiService):
     # What workers say and do.
 
     def worker_ready(self, worker: WorkerSlot) -> None:
+        """`worker` listens: once all do, systemd hears READY=1."""
         self._count_up()
         if self._ready_once or not all(w.ready for w in self.workers):
             return
@@ -182,6 +185,7 @@ class Master(MultiService):
             self._watchdog.start(self.notifier.watchdog_interval)
 
     def worker_ended(self, worker: WorkerSlot, reason: Failure) -> None:
+        """`worker`'s process ended: logged, and started again unless stopping."""
         if self.board is not None:
             # Its connections are gone; its counters stay in the totals.
             self.board.retire(worker.slot)
@@ -310,6 +314,7 @@ class Master(MultiService):
     # For the slots.
 
     def spawn(self, worker: WorkerSlot) -> Any:
+        """Start `worker`'s process, with the listening sockets and its scoreboard slot."""
         assert self.board is not None and self._dir is not None
         fds = {FIRST_PORT_FD + i: port.fileno() for i, port in enumerate(self.listening)}  # type: ignore[attr-defined]
         link = WorkerLink(worker.slot, len(self.workers), tuple(fds), str(self.board.path))
@@ -352,6 +357,7 @@ class WorkerSlot:
         self._ended: list[Deferred[None]] = []
 
     def start(self) -> None:
+        """Start its process now."""
         self._restart = None
         self.ready = False
         self.killed = False
@@ -365,6 +371,7 @@ class WorkerSlot:
         )
 
     def start_later(self, delay: float) -> None:
+        """Start it again in `delay` seconds."""
         self._restart = self.master.reactor.callLater(delay, self.start)
 
     def next_delay(self) -> float:
@@ -377,6 +384,7 @@ class WorkerSlot:
         return min(2.0 ** (self._failures - 2), MAX_BACKOFF)
 
     def said(self, line: str) -> None:
+        """A line from its status pipe: ``alive`` or ``ready``."""
         if line == "alive":
             self.last_alive = self.master.reactor.seconds()
         elif line == "ready":
@@ -385,6 +393,7 @@ class WorkerSlot:
             self.master.worker_ready(self)
 
     def ended(self, reason: Failure) -> None:
+        """Its process ended; whoever waits in `stop` hears it."""
         self.process = None
         self.ready = False
         self.master.worker_ended(self, reason)
@@ -393,6 +402,7 @@ class WorkerSlot:
             d.callback(None)
 
     def signal(self, name: str) -> None:
+        """Send its process the signal `name` (``TERM``, ``KILL``...), if it runs."""
         if self.process is not None:
             try:
                 self.process.signalProcess(name)
@@ -400,6 +410,7 @@ class WorkerSlot:
                 pass  # it just ended: processEnded follows
 
     def kill(self) -> None:
+        """SIGKILL it (hung: no heartbeat)."""
         self.killed = True
         self.signal("KILL")
 
@@ -424,6 +435,7 @@ class WorkerProtocol(ProcessProtocol):
         self._buffers: dict[int, bytes] = {}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """Lines from the worker: its log (JSON lines), its stderr, its status pipe."""
         lines = (self._buffers.get(childFD, b"") + data).split(b"\n")
         self._buffers[childFD] = lines.pop()
         for line in lines:
@@ -456,6 +468,7 @@ class WorkerProtocol(ProcessProtocol):
         )
 
     def processEnded(self, reason: Failure) -> None:
+        """The worker ended: what it wrote last, then its slot hears it."""
         for fd, rest in self._buffers.items():
             if rest.strip():
                 self._line(fd, rest)

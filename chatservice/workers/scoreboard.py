@@ -15,7 +15,7 @@ A worker's row holds:
   only make the per-address limit stricter for them): the connection limits
   of the whole service, `SharedConnectionLimits`;
 - its metric samples, copied from its own prometheus registry every second
-  and before it answers ``/metrics`` (`chatservice.metrics.SummedCollector`
+  and before it answers ``/metrics`` (`chatservice.web.metrics.SummedCollector`
   adds the rows up).
 
 The header row, written by the master: how many workers are configured and how
@@ -73,26 +73,32 @@ class Scoreboard:
         return board
 
     def close(self) -> None:
+        """Unmap the file (it stays, for the others)."""
         self._values.release()
         self._map.close()
 
     # The header.
 
     def header(self, field: int) -> int:
+        """A field of the header row (`UP`, `CONFIGURED`...)."""
         return int(self._values[field])
 
     def set_header(self, field: int, value: int) -> None:
+        """Set a field of the header row."""
         self._values[field] = value
 
     # Rows.
 
     def get(self, slot: int, field: int) -> float:
+        """A field of worker `slot`'s row."""
         return self._values[slot * ROW + field]
 
     def set(self, slot: int, field: int, value: float) -> None:
+        """Set a field of worker `slot`'s row."""
         self._values[slot * ROW + field] = value
 
     def add(self, slot: int, field: int, delta: float) -> None:
+        """Add `delta` to a field of worker `slot`'s row."""
         self._values[slot * ROW + field] += delta
 
     def total(self, field: int) -> float:
@@ -106,6 +112,7 @@ class Scoreboard:
 
     @property
     def retired_slot(self) -> int:
+        """The row where the counters of workers that ended are kept."""
         return self.workers + 1
 
     def clear(self, slot: int) -> None:
@@ -144,7 +151,7 @@ def address_bucket(address: str) -> int:
 
 
 class SharedConnectionLimits:
-    """`chatservice.policy.ConnectionLimits` for the whole service, over every worker.
+    """`chatservice.chat.policy.ConnectionLimits` for the whole service, over every worker.
 
     Counts this worker's connections in its row and checks the limits against
     the sum of all rows.  Two workers accepting at the same instant may each

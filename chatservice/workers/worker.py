@@ -1,6 +1,6 @@
 """A worker's side of ``--workers``: what its master told it, and the pipe back.
 
-The master (`chatservice.master`) starts each worker as ``twistd chatservice``
+The master (`chatservice.workers.master`) starts each worker as ``twistd chatservice``
 with the same options and, in the environment variable `WORKER_ENV`, a
 `WorkerLink`: its slot, the scoreboard file and the file descriptors of the
 listening sockets, in the order of ``--port``.  Besides them a worker has:
@@ -50,6 +50,7 @@ class WorkerLink:
     board: str
 
     def to_environ(self) -> str:
+        """This link as the value of the environment variable the worker reads."""
         return json.dumps(
             {"slot": self.slot, "workers": self.workers, "fds": self.fds, "board": self.board}
         )
@@ -76,15 +77,18 @@ class MasterPipe(Protocol):
         self._closing = False
 
     def send(self, line: str) -> None:
+        """Tell the master `line` (``ready``, ``alive``)."""
         if self.transport is not None and not self._closing:
             self.transport.write(line.encode("ascii") + b"\n")
 
     def close(self) -> None:
+        """Close the pipe (at shutdown: the master knows why)."""
         self._closing = True
         if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        """The master is gone (unless we closed the pipe)."""
         if not self._closing:
             self._closing = True
             self._gone()
