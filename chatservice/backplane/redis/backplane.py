@@ -22,7 +22,7 @@ Keys (``chatservice:`` is the default prefix)::
     chatservice:instance:<id>:rooms  set: rooms it has had members in
     chatservice:instance:<id>:names  set: names it has claimed
 
-One script (`_STORE`) numbers, keeps, trims and publishes a message, so Redis
+One script (`scripts.STORE`) numbers, keeps, trims and publishes a message, so Redis
 does all of it or none, and publishes in id order: every instance's
 subscriber connection receives a room's messages in that order.  The
 instance that stored a message passes it on when its subscription brings it,
@@ -39,7 +39,7 @@ Presence: each instance keeps its members in the rooms' member hashes and
 its names in the names hash, and publishes what they do on the room's
 channel (JSON objects with an ``event``; messages have an ``id``).  It
 refreshes its ``instance:<id>`` key every ttl/3; every instance also looks
-for instances whose key expired and takes their members out (`_REAP`, one
+for instances whose key expired and takes their members out (`scripts.REAP`, one
 script, so only one instance publishes their leaves).  An instance that
 comes back (its connection to Redis dropped, or it was taken for dead) puts
 its members and names back, and re-reads the members of its rooms.
@@ -55,23 +55,21 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import txredisapi
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatservice import logs
 from chatservice.backplane.codec import order_fields, order_json, parse_order
+from chatservice.backplane.redis import codec, scripts
+from chatservice.backplane.redis.address import RedisAddress
 from chatservice.backplane.roles import BackplaneEvents
 from chatservice.backplane.values import (
     JOIN_HISTORY,
@@ -88,7 +86,6 @@ from chatservice.backplane.values import (
 
 _log = logs.logger("chatservice.redis_backplane")
 
-DEFAULT_PORT = 6379
 #: Seconds after its last heartbeat that an instance counts as dead.
 INSTANCE_TTL = 15.0
 #: Error replies of a Redis that is there but cannot serve yet: after a restart,
@@ -96,291 +93,6 @@ INSTANCE_TTL = 15.0
 _NOT_READY = ("LOADING", "MASTERDOWN")
 #: Seconds a command may take before Redis counts as unavailable.
 REPLY_TIMEOUT = 5.0
-
-# KEYS: ids, log, marks, channel, rooms.  ARGV: keep, room, the message's JSON
-# object without its opening brace (the script puts the id in front).
-_STORE = """
-local id = redis.call('INCR', KEYS[1])
-local keep = tonumber(ARGV[1])
-local payload = '{"id":' .. id .. ',' .. ARGV[3]
-redis.call('HSET', KEYS[3], 'newest', id)
-if keep > 0 then
-  redis.call('XADD', KEYS[2], id .. '-0', 'm', payload)
-  redis.call('SADD', KEYS[5], ARGV[2])
-  local over = redis.call('XLEN', KEYS[2]) - keep
-  if over > 0 then
-    local dropped = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', over)
-    local last = dropped[#dropped][1]
-    redis.call('XTRIM', KEYS[2], 'MAXLEN', keep)
-    redis.call('HSET', KEYS[3], 'pruned', string.match(last, '^%d+'))
-  end
-else
-  redis.call('HSET', KEYS[3], 'pruned', id)
-end
-redis.call('PUBLISH', KEYS[4], payload)
-return id
-"""
-
-# KEYS: log, marks.  ARGV: since, limit.  Returns {recovered, entries}, as
-# `History.since` decides.
-_SINCE = """
-local marks = redis.call('HMGET', KEYS[2], 'newest', 'pruned')
-local newest = tonumber(marks[1]) or 0
-local pruned = tonumber(marks[2]) or 0
-local since = tonumber(ARGV[1])
-if since < 0 or since > newest or since < pruned then
-  return {0, redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[2])}
-end
-return {1, redis.call('XRANGE', KEYS[1], (since + 1) .. '-0', '+')}
-"""
-
-# KEYS: log, marks, members.  ARGV: after.  Returns {newest, pruned, entries
-# after `after` (all of them if newest < after: Redis lost its data and counts
-# again), members}.
-_BACKFILL = """
-local marks = redis.call('HMGET', KEYS[2], 'newest', 'pruned')
-local newest = tonumber(marks[1]) or 0
-local after = tonumber(ARGV[1])
-if newest < after then after = 0 end
-return {newest, tonumber(marks[2]) or 0,
-        redis.call('XRANGE', KEYS[1], (after + 1) .. '-0', '+'),
-        redis.call('HGETALL', KEYS[3])}
-"""
-
-
-# KEYS: marks, members.  Returns {newest, members hash as a flat list}.
-_WATCH = """
-local newest = tonumber(redis.call('HGET', KEYS[1], 'newest')) or 0
-return {newest, redis.call('HGETALL', KEYS[2])}
-"""
-
-# KEYS: members, channel, the instance's rooms.  ARGV: member, name, event,
-# room, "1" to publish even if the member was there already.
-_JOIN = """
-local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[4])
-if added == 1 or ARGV[5] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[3]) end
-return added
-"""
-
-# KEYS: members, channel.  ARGV: member, event.
-_LEAVE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
-return 0
-"""
-
-# KEYS: members, channel.  ARGV: member, new name, event.
-_RENAME = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('PUBLISH', KEYS[2], ARGV[3])
-end
-return 0
-"""
-
-# KEYS: names, the instance's names.  ARGV: folded name, member.  1 if taken.
-_CLAIM = """
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder and holder ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: names.  ARGV: folded name, "user:<id>".  0 if another user has it;
-# else it is (now) that user's, for good: 1, or the member of the guest that
-# held it and lost it.
-_CLAIM_USER = """
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder and holder ~= ARGV[2] and string.sub(holder, 1, 5) == 'user:' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if holder and holder ~= ARGV[2] then return holder end
-return 1
-"""
-
-# KEYS: log, channel.  ARGV: id, event.  1 if the message was kept.
-_DELETE = """
-local n = redis.call('XDEL', KEYS[1], ARGV[1] .. '-0')
-if n > 0 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
-return n
-"""
-
-# KEYS: names.  ARGV: folded name, member.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
-
-# KEYS: instances, alive.  ARGV: id, ttl in ms.  1 if the instance was not
-# in the set (new, or taken for dead meanwhile).
-_HEARTBEAT = """
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-return redis.call('SADD', KEYS[1], ARGV[1])
-"""
-
-# KEYS: instances, its alive key, its rooms, its names, names.  ARGV: its id,
-# the key prefix, the channel prefix.  Takes a dead instance's members out of every room (with a
-# leave event each) and gives back its names; 1 if this call did it.
-_REAP = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local mine = ARGV[1] .. ':'
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  local members = ARGV[2] .. 'room:' .. room .. ':members'
-  local channel = ARGV[3] .. 'room:' .. room
-  local all = redis.call('HGETALL', members)
-  for i = 1, #all, 2 do
-    if string.sub(all[i], 1, #mine) == mine then
-      redis.call('HDEL', members, all[i])
-      redis.call('PUBLISH', channel, cjson.encode(
-        {event = 'leave', room = room, member = all[i], name = all[i + 1]}))
-    end
-  end
-end
-for _, folded in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  local holder = redis.call('HGET', KEYS[5], folded)
-  if holder and string.sub(holder, 1, #mine) == mine then
-    redis.call('HDEL', KEYS[5], folded)
-  end
-end
-redis.call('DEL', KEYS[3], KEYS[4])
-return 1
-"""
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where Redis is, from a ``--redis`` URL (see `parse_redis_url`)."""
-
-    host: str = "localhost"
-    port: int = DEFAULT_PORT
-    path: str | None = None  # a unix socket
-    tls: bool = False
-    password: str | None = None
-    username: str | None = None
-    db: int | None = None
-
-    def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
-        if self.path is not None:
-            return UNIXClientEndpoint(reactor, self.path)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, self.host, self.port)
-        if self.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
-        return endpoint
-
-    def __str__(self) -> str:
-        """The address without the password, for logs."""
-        if self.path is not None:
-            where = f"unix://{self.path}"
-        else:
-            where = f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}"
-        return where + (f"/{self.db}" if self.db else "")
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path[?db=N]``.
-
-    Raises:
-        ValueError: With a one-line reason.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"bad Redis URL {url!r}: {e}") from None
-    scheme = parts.scheme.lower()
-    query = urllib.parse.parse_qs(parts.query)
-    password = urllib.parse.unquote(parts.password) if parts.password else None
-    username = urllib.parse.unquote(parts.username) if parts.username else None
-    db_text = query.get("db", [""])[0]
-    if scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise ValueError(f"bad Redis URL {url!r}: no host")
-        db_text = parts.path.strip("/") or db_text
-    elif scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"bad Redis URL {url!r}: no socket path")
-    else:
-        raise ValueError(f"bad Redis URL {url!r}: use redis://, rediss:// or unix://")
-    db: int | None = None
-    if db_text:
-        if not db_text.isdigit():
-            raise ValueError(f"bad Redis URL {url!r}: the database must be a number")
-        db = int(db_text)
-    if scheme == "unix":
-        return RedisAddress(path=parts.path, password=password, username=username, db=db)
-    return RedisAddress(
-        host=parts.hostname or "localhost",
-        port=port or DEFAULT_PORT,
-        tls=scheme == "rediss",
-        password=password,
-        username=username,
-        db=db,
-    )
-
-
-def _message_json(room: str, username: str, message: str, time: str, user: str | None) -> str:
-    """The ``chat-message`` payload's JSON without ``{`` (the script adds the id)."""
-    fields = {"room": room, "username": username, "message": message, "time": time}
-    if user is not None:
-        fields["user"] = user
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))[1:]
-
-
-def _parse(payload: bytes | str) -> StoredMessage:
-    return _message(json.loads(payload))
-
-
-def _message(fields: dict[str, Any]) -> StoredMessage:
-    return StoredMessage(
-        fields["id"],
-        fields["room"],
-        fields["username"],
-        fields["message"],
-        fields["time"],
-        fields.get("user"),
-    )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    """A hash from HGETALL's flat list."""
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-def _event(fields: dict[str, Any]) -> str:
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-
-
-#: Between a member's name and user id in a room's members hash.
-_USER_MARK = "\x1f"
-
-
-def _member_value(name: str, user: str | None) -> str:
-    return name if user is None else f"{name}{_USER_MARK}{user}"
-
-
-def _presence(fields: dict[str, Any]) -> Presence | Deletion:
-    name, _, user = str(fields.get("name", "")).partition(_USER_MARK)
-    if fields["event"] == "delete":
-        return Deletion(fields["room"], int(fields["id"]), name)
-    return Presence(
-        kind=fields["event"],
-        room=fields["room"],
-        member=fields.get("member", ""),
-        name=name,
-        old=fields.get("old", ""),
-        rooms=tuple(fields.get("rooms") or ()),
-        user=fields.get("user") or user,
-    )
-
-
-def _entries(entries: list[Any]) -> list[StoredMessage]:
-    """Stream entries ``[id, [b"m", payload]]`` as messages."""
-    return [_parse(fields[1]) for _, fields in entries]
 
 
 class _Watch:
@@ -562,7 +274,7 @@ class RedisBackplane:
             self._command("delete", self._instance_key(self.instance)).addErrback(lambda _: None)
             gone = self._command(
                 "eval",
-                _REAP,
+                scripts.REAP,
                 [
                     f"{self.prefix}instances",
                     self._instance_key(self.instance),
@@ -692,22 +404,14 @@ class RedisBackplane:
             self._channel(room),
             f"{self.prefix}rooms",
         ]
-        args = [self.keep, room, _message_json(room, username, message, time, user)]
-        d = self._command("eval", _STORE, keys, args)
+        args = [self.keep, room, codec.message_json(room, username, message, time, user)]
+        d = self._command("eval", scripts.STORE, keys, args)
         return d.addCallback(lambda id: StoredMessage(int(id), room, username, message, time, user))
 
     def delete(self, room: str, message_id: int, by: str) -> Deferred[bool]:
-        event = _event(
-            {
-                "event": "delete",
-                "room": room,
-                "member": self._member(0),
-                "id": message_id,
-                "name": by,
-            }
-        )
+        event = codec.deletion_json(room, self._member(0), message_id, by)
         keys = [self._key(room, "log"), self._channel(room)]
-        d = self._command("eval", _DELETE, keys, [message_id, event])
+        d = self._command("eval", scripts.DELETE, keys, [message_id, event])
         return d.addCallback(lambda n: int(n) > 0)
 
     def recent(
@@ -719,19 +423,19 @@ class RedisBackplane:
         d = self._command(
             "execute_command", "XREVRANGE", self._key(room, "log"), top, "-", "COUNT", limit
         )
-        return d.addCallback(lambda entries: _entries(entries)[::-1])
+        return d.addCallback(lambda entries: codec.entries(entries)[::-1])
 
     def since(
         self, room: str, since_id: int, limit: int = JOIN_HISTORY
     ) -> Deferred[tuple[list[StoredMessage], bool]]:
         keys = [self._key(room, "log"), self._key(room, "marks")]
-        d = self._command("eval", _SINCE, keys, [since_id, max(limit, 0)])
+        d = self._command("eval", scripts.SINCE, keys, [since_id, max(limit, 0)])
 
         def answered(reply: list[Any]) -> tuple[list[StoredMessage], bool]:
             recovered, entries = reply
             if recovered:
-                return _entries(entries), True
-            return (_entries(entries)[::-1] if limit > 0 else []), False
+                return codec.entries(entries), True
+            return (codec.entries(entries)[::-1] if limit > 0 else []), False
 
         return d.addCallback(answered)
 
@@ -745,7 +449,7 @@ class RedisBackplane:
         return f"{self.prefix}instance:{instance}" + (f":{what}" if what else "")
 
     def _member(self, conn_id: int) -> str:
-        return f"{self.instance}:{conn_id}"
+        return codec.member_id(self.instance, conn_id)
 
     def _quietly(self, d: Deferred[Any], what: str) -> None:
         # Presence is best effort while Redis is away: `_restore` puts back
@@ -758,7 +462,7 @@ class RedisBackplane:
         folded = name.casefold()
         if user is not None:
             owner = f"user:{user}"
-            d = self._command("eval", _CLAIM_USER, [f"{self.prefix}names"], [folded, owner])
+            d = self._command("eval", scripts.CLAIM_USER, [f"{self.prefix}names"], [folded, owner])
 
             def answered_user(reply: Any) -> bool:
                 if isinstance(reply, bytes | str):
@@ -770,7 +474,7 @@ class RedisBackplane:
             return d.addCallback(answered_user)
         member = self._member(conn_id)
         keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
-        d = self._command("eval", _CLAIM, keys, [folded, member])
+        d = self._command("eval", scripts.CLAIM, keys, [folded, member])
 
         def answered(taken: Any) -> bool:
             if int(taken):
@@ -784,7 +488,7 @@ class RedisBackplane:
         d = self._command("hget", f"{self.prefix}names", name.casefold())
 
         def answered(holder: Any) -> str | None:
-            text = _text(holder) if holder is not None else ""
+            text = codec.text(holder) if holder is not None else ""
             return text[5:] if text.startswith("user:") else None
 
         return d.addCallback(answered)
@@ -795,32 +499,33 @@ class RedisBackplane:
 
     def conversations(self, user: str) -> Deferred[dict[str, str]]:
         d = self._command("hgetall", f"{self.prefix}user:{user}:directs")
-        return d.addCallback(lambda kept: {_text(r): _text(o) for r, o in kept.items()})
+        return d.addCallback(lambda kept: {codec.text(r): codec.text(o) for r, o in kept.items()})
 
     def release(self, name: str, conn_id: int) -> None:
         folded, member = name.casefold(), self._member(conn_id)
         if self._claims.get(folded) == member:
             del self._claims[folded]
         if self._commands_ready:
-            d = self._command("eval", _RELEASE, [f"{self.prefix}names"], [folded, member])
+            d = self._command("eval", scripts.RELEASE, [f"{self.prefix}names"], [folded, member])
             self._quietly(d, "release")
 
     def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
         member = self._member(conn_id)
-        value = _member_value(name, user)
+        value = codec.member_value(name, user)
         self._memberships.setdefault(room, {})[member] = value
         self._publish_join(room, member, value, always=True)
 
     def _publish_join(self, room: str, member: str, name: str, always: bool) -> None:
         if not self._commands_ready:
             return
-        event = _event({"event": "join", "room": room, "member": member, "name": name})
+        event = codec.presence_json("join", room, member, name)
         keys = [
             self._key(room, "members"),
             self._channel(room),
             self._instance_key(self.instance, "rooms"),
         ]
-        d = self._command("eval", _JOIN, keys, [member, name, event, room, "1" if always else "0"])
+        args = [member, name, event, room, "1" if always else "0"]
+        d = self._command("eval", scripts.JOIN, keys, args)
         self._quietly(d, "join")
 
     def left(self, room: str, conn_id: int, name: str) -> None:
@@ -832,9 +537,9 @@ class RedisBackplane:
                 del self._memberships[room]
         if not self._commands_ready:
             return
-        event = _event({"event": "leave", "room": room, "member": member, "name": name})
+        event = codec.presence_json("leave", room, member, name)
         keys = [self._key(room, "members"), self._channel(room)]
-        self._quietly(self._command("eval", _LEAVE, keys, [member, event]), "leave")
+        self._quietly(self._command("eval", scripts.LEAVE, keys, [member, event]), "leave")
 
     def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
         member = self._member(conn_id)
@@ -845,36 +550,28 @@ class RedisBackplane:
         if not self._commands_ready:
             return
         for room in rooms:
-            event = _event(
-                {
-                    "event": "nick",
-                    "room": room,
-                    "member": member,
-                    "name": new,
-                    "old": old,
-                    "rooms": list(rooms),
-                }
-            )
+            event = codec.nick_json(room, member, new, old, rooms)
             keys = [self._key(room, "members"), self._channel(room)]
-            self._quietly(self._command("eval", _RENAME, keys, [member, new, event]), "rename")
+            d = self._command("eval", scripts.RENAME, keys, [member, new, event])
+            self._quietly(d, "rename")
 
     def typing(self, room: str, conn_id: int, name: str) -> None:
         if not self._commands_ready:
             return
         member = self._member(conn_id)
-        event = _event({"event": "typing", "room": room, "member": member, "name": name})
+        event = codec.presence_json("typing", room, member, name)
         self._quietly(self._command("publish", self._channel(room), event), "typing")
 
     def members(self, room: str) -> Deferred[list[str]]:
         d = self._command("hvals", self._key(room, "members"))
-        return d.addCallback(lambda names: [_text(n).partition(_USER_MARK)[0] for n in names])
+        return d.addCallback(lambda names: [codec.member_name(n) for n in names])
 
     def order(self, order: Order) -> None:
         fields = order_fields(order)
         if not self._commands_ready:
             _log.warn("redis unavailable: {kind} reached this instance only", kind=fields["kind"])
             return
-        payload = _event({"instance": self.instance, "order": fields})
+        payload = codec.compact({"instance": self.instance, "order": fields})
         self._quietly(self._command("publish", self._notices_channel, payload), "order")
 
     def keep_order(self, order: ModerationOrder) -> None:
@@ -911,7 +608,7 @@ class RedisBackplane:
         if not self._commands_ready:
             _log.warn("redis unavailable: the announcement reached this instance only")
             return
-        payload = _event(
+        payload = codec.compact(
             {"instance": self.instance, "message": notice.message, "time": notice.time}
         )
         self._quietly(self._command("publish", self._notices_channel, payload), "announce")
@@ -920,7 +617,7 @@ class RedisBackplane:
         """Put back this instance's names and members (after an outage, or being reaped)."""
         for folded, member in list(self._claims.items()):
             keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
-            d = self._command("eval", _CLAIM, keys, [folded, member])
+            d = self._command("eval", scripts.CLAIM, keys, [folded, member])
 
             def checked(taken: Any, folded: str = folded) -> None:
                 if not int(taken):
@@ -941,7 +638,7 @@ class RedisBackplane:
         if not self._commands_ready:
             return
         keys = [f"{self.prefix}instances", self._instance_key(self.instance)]
-        d = self._command("eval", _HEARTBEAT, keys, [self.instance, int(self.ttl * 1000)])
+        d = self._command("eval", scripts.HEARTBEAT, keys, [self.instance, int(self.ttl * 1000)])
 
         def beaten(new: Any) -> Deferred[Any]:
             if int(new) and self._beaten and (self._claims or self._memberships):
@@ -952,7 +649,7 @@ class RedisBackplane:
 
         def reap(instances: Any) -> None:
             for other in instances:
-                other = _text(other)
+                other = codec.text(other)
                 if other == self.instance:
                     continue
                 keys = [
@@ -962,7 +659,7 @@ class RedisBackplane:
                     self._instance_key(other, "names"),
                     f"{self.prefix}names",
                 ]
-                d = self._command("eval", _REAP, keys, [other, self.prefix, self._channels])
+                d = self._command("eval", scripts.REAP, keys, [other, self.prefix, self._channels])
                 d.addCallback(self._reaped, other)
                 self._quietly(d, "reap")
 
@@ -1014,9 +711,9 @@ class RedisBackplane:
         if watch is not None and watch.last is not None:
             last = watch.last
             d = self._command(
-                "eval", _WATCH, [self._key(room, "marks"), self._key(room, "members")]
+                "eval", scripts.WATCH, [self._key(room, "marks"), self._key(room, "members")]
             )
-            return d.addCallback(lambda reply: self._watched(last, self._others(reply[1])))
+            return d.addCallback(lambda reply: codec.watched(last, reply[1], self.instance))
         caller: Deferred[Watched] = Deferred()
         if watch is None:
             watch = self._watches[room] = _Watch(self._channel(room))
@@ -1032,18 +729,18 @@ class RedisBackplane:
         watch.waiting = []
         d = self._subscriber.subscribe(watch.channel)
         keys = [self._key(room, "marks"), self._key(room, "members")]
-        d.addCallback(lambda _: self._command("eval", _WATCH, keys))
+        d.addCallback(lambda _: self._command("eval", scripts.WATCH, keys))
 
         def positioned(reply: list[Any]) -> None:
             if self._watches.get(room) is not watch:
                 return
-            watched = self._watched(int(reply[0]), self._others(reply[1]))
-            watch.last = watched.position
+            position = codec.watched(int(reply[0]), reply[1], self.instance)
+            watch.last = position.position
             # The members then, and what came since (joins and leaves again
             # of members already counted are harmless).
             callers, watch.callers = watch.callers, []
             for caller in callers:
-                caller.callback(watched)
+                caller.callback(position)
             self._release(room, watch)
 
         def failed(failure: Failure) -> None:
@@ -1066,21 +763,6 @@ class RedisBackplane:
         if self._subscriber is not None:
             self._subscriber.unsubscribe(watch.channel).addErrback(lambda _: None)
 
-    def _others(self, flat: list[Any]) -> dict[str, str]:
-        """The members of other instances, from a members hash (names with user marks)."""
-        mine = self.instance + ":"
-        return {m: n for m, n in _pairs(flat).items() if not m.startswith(mine)}
-
-    @staticmethod
-    def _watched(position: int, others: dict[str, str]) -> Watched:
-        members, users = {}, {}
-        for member, value in others.items():
-            name, _, user = value.partition(_USER_MARK)
-            members[member] = name
-            if user:
-                users[member] = user
-        return Watched(position, members, users)
-
     def _published(self, channel: Any, payload: Any) -> None:
         if isinstance(channel, bytes):
             channel = channel.decode()
@@ -1101,14 +783,8 @@ class RedisBackplane:
         if room is None:
             return  # unwatched meanwhile
         watch = self._watches[room]
-        item: StoredMessage | Presence | Deletion
         try:
-            fields = json.loads(payload)
-            # (Presence events name their "event"; a reaper's come from Lua's
-            # cjson, whose keys are in no particular order.)
-            if "event" in fields and str(fields.get("member", "")).startswith(self.instance + ":"):
-                return  # our own: the hub knows
-            item = _presence(fields) if "event" in fields else _message(fields)
+            item = codec.room_item(payload, self.instance)
         except (ValueError, KeyError, TypeError):
             _log.warn(
                 "redis: ignored what is not an event on {channel}: {payload!r}",
@@ -1116,6 +792,8 @@ class RedisBackplane:
                 payload=payload[:200],
             )
             return
+        if item is None:
+            return  # our own: the hub knows
         if watch.waiting is not None:
             watch.waiting.append(item)
         else:
@@ -1150,12 +828,12 @@ class RedisBackplane:
         last = watch.last
         assert last is not None
         keys = [self._key(room, "log"), self._key(room, "marks"), self._key(room, "members")]
-        d = self._command("eval", _BACKFILL, keys, [last])
+        d = self._command("eval", scripts.BACKFILL, keys, [last])
 
         def read(reply: list[Any]) -> None:
             if self._watches.get(room) is not watch or watch.waiting is None:
                 return
-            newest, pruned, entries = int(reply[0]), int(reply[1]), _entries(reply[2])
+            newest, pruned, entries = int(reply[0]), int(reply[1]), codec.entries(reply[2])
             if newest < last:
                 # Redis lost its data (restarted without persistence): its ids
                 # start again, and they must not be taken for old ones.
@@ -1186,7 +864,7 @@ class RedisBackplane:
             for message in entries:
                 self._pass_on(watch, message)
             # Presence events were lost with the connection: who is there now.
-            now = self._watched(0, self._others(reply[3]))
+            now = codec.watched(0, reply[3], self.instance)
             self._pass_on(watch, Presence("members", room, members=now.members))
             self._release(room, watch)
 
