@@ -298,7 +298,7 @@ async def test_presence_events_in_any_key_order_and_junk_on_a_channel(
         events = hear(backplane)
         got, heard = events.messages, events.presence
         await backplane.watch("r")
-        channel = backplane._channel("r")
+        channel = backplane._keys.channel("r")
         leave = '{"room":"r","name":"bob","member":"dead:1","event":"leave"}'
         for payload in ("not json", '{"id": "x"}', "[1, 2]", leave):
             assert redis_server.command("PUBLISH", channel, json.dumps(payload)) is not None

@@ -2,25 +2,7 @@
 
 The promises are `chatservice.backplane`'s; this is how Redis keeps them.
 
-Keys (``chatservice:`` is the default prefix)::
-
-    chatservice:ids                  INCR counter: message ids, all rooms
-    chatservice:rooms                set of the rooms with kept messages
-    chatservice:room:<room>:log      stream: the kept messages, entry id "<id>-0"
-    chatservice:room:<room>:marks    hash: newest (last id given), pruned (last dropped)
-    chatservice:<db>:room:<room>     pub/sub channel: the room's messages and presence
-    chatservice:room:<room>:members  hash: "<instance>:<connection>" -> name
-                                     (identified users: name, \x1f, user id)
-    chatservice:names                hash: name.casefold() -> "<instance>:<connection>",
-                                     or "user:<id>" for good (an identified user's)
-    chatservice:<db>:notices         pub/sub channel: announcements (/broadcast)
-                                     (channels are not per database, hence <db>)
-    chatservice:orders               hash: moderators' orders in force (bans, mutes) -> JSON
-    chatservice:user:<id>:directs    hash: a user's direct conversations, room -> other's name
-    chatservice:instances            set of the instances' ids
-    chatservice:instance:<id>        "alive", expiring `ttl` after its last heartbeat
-    chatservice:instance:<id>:rooms  set: rooms it has had members in
-    chatservice:instance:<id>:names  set: names it has claimed
+The keys and channels are listed in `chatservice.backplane.redis.keys`.
 
 One script (`scripts.STORE`) numbers, keeps, trims and publishes a message, so Redis
 does all of it or none, and publishes in id order: every instance's
@@ -70,6 +52,7 @@ from chatservice import logs
 from chatservice.backplane.codec import order_fields, order_json, parse_order
 from chatservice.backplane.redis import codec, scripts
 from chatservice.backplane.redis.address import RedisAddress
+from chatservice.backplane.redis.keys import Keys
 from chatservice.backplane.roles import BackplaneEvents
 from chatservice.backplane.values import (
     JOIN_HISTORY,
@@ -220,9 +203,7 @@ class RedisBackplane:
         self.instance = os.urandom(6).hex()
         self.guest_prefix = self.instance[:4] + "-"
         self._events: BackplaneEvents | None = None
-        # Pub/sub channels are not per database: theirs say which one.
-        self._channels = f"{prefix}{address.db or 0}:"
-        self._notices_channel = f"{self._channels}notices"
+        self._keys = Keys(prefix, address.db)
         #: What this instance has in Redis, to put back after an outage.
         self._claims: dict[str, str] = {}
         self._memberships: dict[str, dict[str, str]] = {}
@@ -271,19 +252,8 @@ class RedisBackplane:
         if self._commands_ready:
             # Our members' leaves were published as they closed; the rest goes
             # as if this instance had died (the script reaps only the dead).
-            self._command("delete", self._instance_key(self.instance)).addErrback(lambda _: None)
-            gone = self._command(
-                "eval",
-                scripts.REAP,
-                [
-                    f"{self.prefix}instances",
-                    self._instance_key(self.instance),
-                    self._instance_key(self.instance, "rooms"),
-                    self._instance_key(self.instance, "names"),
-                    f"{self.prefix}names",
-                ],
-                [self.instance, self.prefix, self._channels],
-            )
+            self._command("delete", self._keys.instance(self.instance)).addErrback(lambda _: None)
+            gone = self._reap(self.instance)
             gone.addErrback(lambda _: None)
 
         def close(_: Any) -> Deferred[Any]:
@@ -322,7 +292,7 @@ class RedisBackplane:
         self._subscriber = conn
         conn.on_message = self._published
         self._update_status()
-        conn.subscribe(self._notices_channel).addErrback(self._subscribe_failed)
+        conn.subscribe(self._keys.notices).addErrback(self._subscribe_failed)
         for room, watch in list(self._watches.items()):
             if watch.last is None:
                 continue  # its watch() failed with the last connection
@@ -374,12 +344,6 @@ class RedisBackplane:
 
     # -- commands ----------------------------------------------------------
 
-    def _key(self, room: str, what: str) -> str:
-        return f"{self.prefix}room:{room}:{what}"
-
-    def _channel(self, room: str) -> str:
-        return f"{self._channels}room:{room}"
-
     def _command(self, name: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Run a command now, or fail with `Unavailable` at once if Redis is not there."""
         if not self._commands_ready:
@@ -398,11 +362,11 @@ class RedisBackplane:
         self, room: str, username: str, message: str, time: str, user: str | None = None
     ) -> Deferred[StoredMessage]:
         keys = [
-            f"{self.prefix}ids",
-            self._key(room, "log"),
-            self._key(room, "marks"),
-            self._channel(room),
-            f"{self.prefix}rooms",
+            self._keys.ids,
+            self._keys.log(room),
+            self._keys.marks(room),
+            self._keys.channel(room),
+            self._keys.rooms,
         ]
         args = [self.keep, room, codec.message_json(room, username, message, time, user)]
         d = self._command("eval", scripts.STORE, keys, args)
@@ -410,7 +374,7 @@ class RedisBackplane:
 
     def delete(self, room: str, message_id: int, by: str) -> Deferred[bool]:
         event = codec.deletion_json(room, self._member(0), message_id, by)
-        keys = [self._key(room, "log"), self._channel(room)]
+        keys = [self._keys.log(room), self._keys.channel(room)]
         d = self._command("eval", scripts.DELETE, keys, [message_id, event])
         return d.addCallback(lambda n: int(n) > 0)
 
@@ -421,14 +385,14 @@ class RedisBackplane:
             return defer.succeed([])
         top = f"{up_to}-0" if up_to is not None else "+"
         d = self._command(
-            "execute_command", "XREVRANGE", self._key(room, "log"), top, "-", "COUNT", limit
+            "execute_command", "XREVRANGE", self._keys.log(room), top, "-", "COUNT", limit
         )
         return d.addCallback(lambda entries: codec.entries(entries)[::-1])
 
     def since(
         self, room: str, since_id: int, limit: int = JOIN_HISTORY
     ) -> Deferred[tuple[list[StoredMessage], bool]]:
-        keys = [self._key(room, "log"), self._key(room, "marks")]
+        keys = [self._keys.log(room), self._keys.marks(room)]
         d = self._command("eval", scripts.SINCE, keys, [since_id, max(limit, 0)])
 
         def answered(reply: list[Any]) -> tuple[list[StoredMessage], bool]:
@@ -440,13 +404,10 @@ class RedisBackplane:
         return d.addCallback(answered)
 
     def rooms(self) -> Deferred[list[str]]:
-        d = self._command("smembers", f"{self.prefix}rooms")
+        d = self._command("smembers", self._keys.rooms)
         return d.addCallback(lambda names: sorted(n.decode() for n in names))
 
     # -- presence ------------------------------------------------------------
-
-    def _instance_key(self, instance: str, what: str = "") -> str:
-        return f"{self.prefix}instance:{instance}" + (f":{what}" if what else "")
 
     def _member(self, conn_id: int) -> str:
         return codec.member_id(self.instance, conn_id)
@@ -462,7 +423,7 @@ class RedisBackplane:
         folded = name.casefold()
         if user is not None:
             owner = f"user:{user}"
-            d = self._command("eval", scripts.CLAIM_USER, [f"{self.prefix}names"], [folded, owner])
+            d = self._command("eval", scripts.CLAIM_USER, [self._keys.names], [folded, owner])
 
             def answered_user(reply: Any) -> bool:
                 if isinstance(reply, bytes | str):
@@ -473,7 +434,7 @@ class RedisBackplane:
 
             return d.addCallback(answered_user)
         member = self._member(conn_id)
-        keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
+        keys = [self._keys.names, self._keys.instance(self.instance, "names")]
         d = self._command("eval", scripts.CLAIM, keys, [folded, member])
 
         def answered(taken: Any) -> bool:
@@ -485,7 +446,7 @@ class RedisBackplane:
         return d.addCallback(answered)
 
     def holder(self, name: str) -> Deferred[str | None]:
-        d = self._command("hget", f"{self.prefix}names", name.casefold())
+        d = self._command("hget", self._keys.names, name.casefold())
 
         def answered(holder: Any) -> str | None:
             text = codec.text(holder) if holder is not None else ""
@@ -494,11 +455,11 @@ class RedisBackplane:
         return d.addCallback(answered)
 
     def converse(self, user: str, room: str, other: str) -> None:
-        key = f"{self.prefix}user:{user}:directs"
+        key = self._keys.directs(user)
         self._quietly(self._command("hset", key, room, other), "converse")
 
     def conversations(self, user: str) -> Deferred[dict[str, str]]:
-        d = self._command("hgetall", f"{self.prefix}user:{user}:directs")
+        d = self._command("hgetall", self._keys.directs(user))
         return d.addCallback(lambda kept: {codec.text(r): codec.text(o) for r, o in kept.items()})
 
     def release(self, name: str, conn_id: int) -> None:
@@ -506,7 +467,7 @@ class RedisBackplane:
         if self._claims.get(folded) == member:
             del self._claims[folded]
         if self._commands_ready:
-            d = self._command("eval", scripts.RELEASE, [f"{self.prefix}names"], [folded, member])
+            d = self._command("eval", scripts.RELEASE, [self._keys.names], [folded, member])
             self._quietly(d, "release")
 
     def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
@@ -520,9 +481,9 @@ class RedisBackplane:
             return
         event = codec.presence_json("join", room, member, name)
         keys = [
-            self._key(room, "members"),
-            self._channel(room),
-            self._instance_key(self.instance, "rooms"),
+            self._keys.members(room),
+            self._keys.channel(room),
+            self._keys.instance(self.instance, "rooms"),
         ]
         args = [member, name, event, room, "1" if always else "0"]
         d = self._command("eval", scripts.JOIN, keys, args)
@@ -538,7 +499,7 @@ class RedisBackplane:
         if not self._commands_ready:
             return
         event = codec.presence_json("leave", room, member, name)
-        keys = [self._key(room, "members"), self._channel(room)]
+        keys = [self._keys.members(room), self._keys.channel(room)]
         self._quietly(self._command("eval", scripts.LEAVE, keys, [member, event]), "leave")
 
     def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
@@ -551,7 +512,7 @@ class RedisBackplane:
             return
         for room in rooms:
             event = codec.nick_json(room, member, new, old, rooms)
-            keys = [self._key(room, "members"), self._channel(room)]
+            keys = [self._keys.members(room), self._keys.channel(room)]
             d = self._command("eval", scripts.RENAME, keys, [member, new, event])
             self._quietly(d, "rename")
 
@@ -560,10 +521,10 @@ class RedisBackplane:
             return
         member = self._member(conn_id)
         event = codec.presence_json("typing", room, member, name)
-        self._quietly(self._command("publish", self._channel(room), event), "typing")
+        self._quietly(self._command("publish", self._keys.channel(room), event), "typing")
 
     def members(self, room: str) -> Deferred[list[str]]:
-        d = self._command("hvals", self._key(room, "members"))
+        d = self._command("hvals", self._keys.members(room))
         return d.addCallback(lambda names: [codec.member_name(n) for n in names])
 
     def order(self, order: Order) -> None:
@@ -572,14 +533,14 @@ class RedisBackplane:
             _log.warn("redis unavailable: {kind} reached this instance only", kind=fields["kind"])
             return
         payload = codec.compact({"instance": self.instance, "order": fields})
-        self._quietly(self._command("publish", self._notices_channel, payload), "order")
+        self._quietly(self._command("publish", self._keys.notices, payload), "order")
 
     def keep_order(self, order: ModerationOrder) -> None:
         key = order.key
         if (order.until or 0) > time.time():
-            d = self._command("hset", f"{self.prefix}orders", key, order_json(order))
+            d = self._command("hset", self._keys.orders, key, order_json(order))
         else:
-            d = self._command("hdel", f"{self.prefix}orders", key)
+            d = self._command("hdel", self._keys.orders, key)
         d.addErrback(
             lambda failure: _log.warn(
                 "redis: the order {key} could not be kept: {why}",
@@ -597,11 +558,11 @@ class RedisBackplane:
             for key, body in kept.items():
                 order = parse_order(json.loads(body), replayed=True)
                 if not isinstance(order, ModerationOrder) or (order.until or 0) <= now:
-                    self._quietly(self._command("hdel", f"{self.prefix}orders", key), "hdel")
+                    self._quietly(self._command("hdel", self._keys.orders, key), "hdel")
                 elif self._events is not None:
                     self._events.on_order(order)
 
-        d = self._command("hgetall", f"{self.prefix}orders").addCallback(replay)
+        d = self._command("hgetall", self._keys.orders).addCallback(replay)
         self._quietly(d, "replay orders")
 
     def announce(self, notice: Notice) -> None:
@@ -611,12 +572,12 @@ class RedisBackplane:
         payload = codec.compact(
             {"instance": self.instance, "message": notice.message, "time": notice.time}
         )
-        self._quietly(self._command("publish", self._notices_channel, payload), "announce")
+        self._quietly(self._command("publish", self._keys.notices, payload), "announce")
 
     def _restore(self) -> None:
         """Put back this instance's names and members (after an outage, or being reaped)."""
         for folded, member in list(self._claims.items()):
-            keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
+            keys = [self._keys.names, self._keys.instance(self.instance, "names")]
             d = self._command("eval", scripts.CLAIM, keys, [folded, member])
 
             def checked(taken: Any, folded: str = folded) -> None:
@@ -637,7 +598,7 @@ class RedisBackplane:
         self._ping_subscriber()
         if not self._commands_ready:
             return
-        keys = [f"{self.prefix}instances", self._instance_key(self.instance)]
+        keys = [self._keys.instances, self._keys.instance(self.instance)]
         d = self._command("eval", scripts.HEARTBEAT, keys, [self.instance, int(self.ttl * 1000)])
 
         def beaten(new: Any) -> Deferred[Any]:
@@ -645,26 +606,31 @@ class RedisBackplane:
                 _log.warn("redis: this instance was taken for dead; putting its members back")
                 self._restore()
             self._beaten = True
-            return self._command("smembers", f"{self.prefix}instances")
+            return self._command("smembers", self._keys.instances)
 
         def reap(instances: Any) -> None:
             for other in instances:
                 other = codec.text(other)
                 if other == self.instance:
                     continue
-                keys = [
-                    f"{self.prefix}instances",
-                    self._instance_key(other),
-                    self._instance_key(other, "rooms"),
-                    self._instance_key(other, "names"),
-                    f"{self.prefix}names",
-                ]
-                d = self._command("eval", scripts.REAP, keys, [other, self.prefix, self._channels])
+                d = self._reap(other)
                 d.addCallback(self._reaped, other)
                 self._quietly(d, "reap")
 
         d.addCallback(beaten).addCallback(reap)
         self._quietly(d, "heartbeat")
+
+    def _reap(self, instance: str) -> Deferred[Any]:
+        """Take out the members and names of `instance` if it is dead; fires with 1 if it was."""
+        keys = [
+            self._keys.instances,
+            self._keys.instance(instance),
+            self._keys.instance(instance, "rooms"),
+            self._keys.instance(instance, "names"),
+            self._keys.names,
+        ]
+        args = [instance, self._keys.prefix, self._keys.channels]
+        return self._command("eval", scripts.REAP, keys, args)
 
     def _ping_subscriber(self) -> None:
         """Drop the subscriber connection if Redis does not answer a PING on it in time.
@@ -711,12 +677,12 @@ class RedisBackplane:
         if watch is not None and watch.last is not None:
             last = watch.last
             d = self._command(
-                "eval", scripts.WATCH, [self._key(room, "marks"), self._key(room, "members")]
+                "eval", scripts.WATCH, [self._keys.marks(room), self._keys.members(room)]
             )
             return d.addCallback(lambda reply: codec.watched(last, reply[1], self.instance))
         caller: Deferred[Watched] = Deferred()
         if watch is None:
-            watch = self._watches[room] = _Watch(self._channel(room))
+            watch = self._watches[room] = _Watch(self._keys.channel(room))
             self._by_channel[watch.channel] = room
             watch.callers.append(caller)
             self._locate(room, watch)
@@ -728,7 +694,7 @@ class RedisBackplane:
         """Subscribe, then read the position: what is published after it comes live."""
         watch.waiting = []
         d = self._subscriber.subscribe(watch.channel)
-        keys = [self._key(room, "marks"), self._key(room, "members")]
+        keys = [self._keys.marks(room), self._keys.members(room)]
         d.addCallback(lambda _: self._command("eval", scripts.WATCH, keys))
 
         def positioned(reply: list[Any]) -> None:
@@ -766,7 +732,7 @@ class RedisBackplane:
     def _published(self, channel: Any, payload: Any) -> None:
         if isinstance(channel, bytes):
             channel = channel.decode()
-        if channel == self._notices_channel:
+        if channel == self._keys.notices:
             notice = json.loads(payload)
             if notice.get("instance") == self.instance or self._events is None:
                 return
@@ -827,7 +793,7 @@ class RedisBackplane:
         """After a reconnect: what the stream kept after `watch.last`, then the waiting."""
         last = watch.last
         assert last is not None
-        keys = [self._key(room, "log"), self._key(room, "marks"), self._key(room, "members")]
+        keys = [self._keys.log(room), self._keys.marks(room), self._keys.members(room)]
         d = self._command("eval", scripts.BACKFILL, keys, [last])
 
         def read(reply: list[Any]) -> None:
