@@ -412,6 +412,6 @@ def test_a_redis_that_is_loading_its_data_counts_as_unavailable() -> None:
     backplane = RedisBackplane(parse_redis_url("redis://127.0.0.1:1"), 10, reactor)
     loading = Failure(txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"))
     with pytest.raises(Unavailable):
-        backplane._unavailable(loading)
+        backplane._connection._unavailable(loading)
     bug = Failure(txredisapi.ResponseError("ERR wrong number of arguments"))
-    assert backplane._unavailable(bug) is bug
+    assert backplane._connection._unavailable(bug) is bug

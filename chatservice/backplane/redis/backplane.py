@@ -26,10 +26,7 @@ script, so only one instance publishes their leaves).  An instance that
 comes back (its connection to Redis dropped, or it was taken for dead) puts
 its members and names back, and re-reads the members of its rooms.
 
-Commands go over one connection (Twisted-native txredisapi, with hiredis
-parsing; chosen by bench/redis_clients_bench.py), the subscription over a
-second; both reconnect by themselves with backoff.  While either is down,
-`store` and the reads fail at once with `Unavailable`.
+The two connections to Redis, and their status: `chatservice.backplane.redis.connection`.
 """
 
 from __future__ import annotations
@@ -37,21 +34,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import txredisapi
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from chatservice import logs
 from chatservice.backplane.codec import order_fields, order_json, parse_order
 from chatservice.backplane.redis import codec, scripts
 from chatservice.backplane.redis.address import RedisAddress
+from chatservice.backplane.redis.connection import RedisConnection, quietly
 from chatservice.backplane.redis.keys import Keys
 from chatservice.backplane.roles import BackplaneEvents
 from chatservice.backplane.values import (
@@ -71,11 +66,6 @@ _log = logs.logger("chatservice.redis_backplane")
 
 #: Seconds after its last heartbeat that an instance counts as dead.
 INSTANCE_TTL = 15.0
-#: Error replies of a Redis that is there but cannot serve yet: after a restart,
-#: reading its data (LOADING); a replica without its master (MASTERDOWN).
-_NOT_READY = ("LOADING", "MASTERDOWN")
-#: Seconds a command may take before Redis counts as unavailable.
-REPLY_TIMEOUT = 5.0
 
 
 class _Watch:
@@ -91,88 +81,6 @@ class _Watch:
         self.waiting: list[StoredMessage | Presence | Deletion] | None = None
         #: Who waits for the position.
         self.callers: list[Deferred[Watched]] = []
-
-
-@implementer(IStreamClientEndpoint)
-class _Reporting:
-    """An endpoint that tells the backplane why a connection attempt failed."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, backplane: RedisBackplane) -> None:
-        self._endpoint = endpoint
-        self._backplane = backplane
-
-    def __repr__(self) -> str:
-        return f"<Redis at {self._backplane.address}>"
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        d: Deferred[Any] = self._endpoint.connect(factory)
-        return d.addErrback(self._failed)
-
-    def _failed(self, failure: Failure) -> Failure:
-        self._backplane._unreachable(failure.getErrorMessage())
-        return failure
-
-
-class _Subscriber(txredisapi.SubscriberProtocol):
-    on_message: Callable[[str, bytes], None] | None = None
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        if self.on_message is not None:
-            self.on_message(channel, message)
-
-
-#: Seconds between attempts to reach Redis, at most (from 1 s, growing).
-MAX_RETRY_DELAY = 5.0
-
-
-class _Subscriptions(txredisapi.SubscriberFactory):
-    """The subscriber connection's factory: tells the backplane when it is up or down."""
-
-    protocol = _Subscriber
-    maxDelay = MAX_RETRY_DELAY
-
-    def __init__(self, backplane: RedisBackplane) -> None:
-        super().__init__(isLazy=True)
-        self.backplane = backplane
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.backplane._subscriber_up(conn)
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.backplane._subscriber_down(conn)
-
-
-class _Commands(txredisapi.RedisFactory):
-    """The command connection's factory: tells the backplane when it is up or down."""
-
-    maxDelay = MAX_RETRY_DELAY
-
-    def __init__(self, backplane: RedisBackplane, address: RedisAddress) -> None:
-        super().__init__(
-            str(address),
-            address.db,
-            1,
-            isLazy=True,
-            charset=None,
-            password=address.password,
-            replyTimeout=REPLY_TIMEOUT,
-            # Room names like "123" stay strings.
-            convertNumbers=False,
-            username=address.username,
-        )
-        self.backplane = backplane
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.backplane._commands_up()
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.backplane._commands_down()
 
 
 class RedisBackplane:
@@ -210,26 +118,15 @@ class RedisBackplane:
         self._connected_before = False
         #: Whether a heartbeat reached Redis yet.
         self._beaten = False
-        #: Whether a PING on the subscriber connection is waiting for its answer.
-        self._pinging = False
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         self._watches: dict[str, _Watch] = {}
         self._by_channel: dict[str, str] = {}
-        self._commands = _Commands(self, address)
-        self._subscriptions = _Subscriptions(self)
-        for factory in (self._commands, self._subscriptions):
-            factory.charset = None
-            factory.password = address.password
-            factory.username = address.username
-            factory.dbid = address.db
-        self._subscriber: Any = None
-        self._commands_ready = False
-        self._problem: str | None = f"connecting to Redis at {address}"
-        self._connecting = True
-        self._stopping = False
-        #: Why the last connection attempt failed, if it did.
-        self._why = ""
+        self._connection = RedisConnection(address, reactor)
+        self._connection.when_commands_up(self._commands_up)
+        self._connection.when_subscriber_up(self._subscriber_up)
+        self._connection.when_subscriber_down(self._subscriber_down)
+        self._connection.receive(self._published)
 
     def register(self, events: BackplaneEvents) -> None:
         """Hand every event from now on to `events` (the hub's)."""
@@ -239,59 +136,44 @@ class RedisBackplane:
 
     def start(self) -> None:
         """Connect (and keep reconnecting) both connections; heartbeats."""
-        for factory in (self._commands, self._subscriptions):
-            factory.startConnecting(_Reporting(self.address.endpoint(self.reactor), self))
+        self._connection.start()
         self._heartbeat.start(self.ttl / 3, now=False)
 
     def stop(self) -> Deferred[Any]:
         """Leave (members and names go at once, not after `ttl`), then close both connections."""
         if self._heartbeat.running:
             self._heartbeat.stop()
-        self._stopping = True
-        gone: Deferred[Any] = defer.succeed(None)
-        if self._commands_ready:
-            # Our members' leaves were published as they closed; the rest goes
-            # as if this instance had died (the script reaps only the dead).
-            self._command("delete", self._keys.instance(self.instance)).addErrback(lambda _: None)
-            gone = self._reap(self.instance)
-            gone.addErrback(lambda _: None)
+        return self._connection.close(self._leave)
 
-        def close(_: Any) -> Deferred[Any]:
-            return defer.gatherResults(
-                [self._commands.disconnect(), self._subscriptions.disconnect()],
-                consumeErrors=True,
-            )
-
-        return gone.addCallback(close)
+    def _leave(self) -> Deferred[Any]:
+        """Take this instance's members and names out; never fails."""
+        if not self._connection.ready:
+            return defer.succeed(None)
+        # Our members' leaves were published as they closed; the rest goes
+        # as if this instance had died (the script reaps only the dead).
+        d = self._connection.command("delete", self._keys.instance(self.instance))
+        d.addErrback(lambda _: None)
+        return self._reap(self.instance).addErrback(lambda _: None)
 
     @property
     def problem(self) -> str | None:
         """Why Redis cannot be used now, or None when it can."""
-        return self._problem
+        return self._connection.problem
 
     def _commands_up(self) -> None:
-        self._why = ""
-        self._commands_ready = True
-        self._update_status()
         self._beat()
         if self._connected_before:
             self._restore()
         self._connected_before = True
         self.replay_orders()
         # Backfills that failed while only the subscriber was back.
-        if self._subscriber is not None:
+        if self._connection.subscribed:
             for room, watch in list(self._watches.items()):
                 if watch.last is not None and watch.waiting is not None:
                     self._backfill(room, watch)
 
-    def _commands_down(self) -> None:
-        self._commands_ready = False
-        self._update_status()
-
-    def _subscriber_up(self, conn: Any) -> None:
-        self._subscriber = conn
-        conn.on_message = self._published
-        self._update_status()
+    def _subscriber_up(self) -> None:
+        conn = self._connection
         conn.subscribe(self._keys.notices).addErrback(self._subscribe_failed)
         for room, watch in list(self._watches.items()):
             if watch.last is None:
@@ -301,38 +183,9 @@ class RedisBackplane:
             d = conn.subscribe(watch.channel)
             d.addCallbacks(self._subscribed, self._subscribe_failed, callbackArgs=(room, watch))
 
-    def _subscriber_down(self, conn: Any) -> None:
-        if self._subscriber is conn:
-            self._subscriber = None
+    def _subscriber_down(self) -> None:
         for watch in self._watches.values():
             watch.waiting = None  # the next connection backfills from `last`
-        self._update_status()
-
-    def _unreachable(self, why: str) -> None:
-        """A connection attempt failed (they go on, with backoff)."""
-        self._why = why
-        self._connecting = False
-        self._update_status()
-
-    def _update_status(self) -> None:
-        if self._stopping:
-            return
-        if self._commands_ready and self._subscriber is not None:
-            problem = None
-        elif self._connecting:
-            return  # the first connections are not both up yet
-        else:
-            problem = f"cannot reach Redis at {self.address}"
-            if self._why:
-                problem += f": {self._why}"
-        if problem is None:
-            self._connecting = False
-        if problem != self._problem:
-            self._problem = problem
-            if problem is None:
-                _log.info("redis connected address={address}", address=str(self.address))
-            else:
-                _log.warn("redis unavailable: {problem}", problem=problem)
 
     def _subscribed(self, _: object, room: str, watch: _Watch) -> None:
         if self._watches.get(room) is watch:
@@ -341,22 +194,6 @@ class RedisBackplane:
     def _subscribe_failed(self, failure: Failure) -> None:
         # The connection went again: the next one subscribes.
         _log.warn("redis subscribe failed: {why}", why=failure.getErrorMessage())
-
-    # -- commands ----------------------------------------------------------
-
-    def _command(self, name: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        """Run a command now, or fail with `Unavailable` at once if Redis is not there."""
-        if not self._commands_ready:
-            return defer.fail(Unavailable(f"cannot reach Redis at {self.address}"))
-        d: Deferred[Any] = getattr(self._commands.handler, name)(*args, **kwargs)
-        return d.addErrback(self._unavailable)
-
-    def _unavailable(self, failure: Failure) -> Failure:
-        if failure.check(txredisapi.ResponseError) and not str(failure.value).startswith(
-            _NOT_READY
-        ):
-            return failure  # a bug of ours, not an outage: keep its message
-        raise Unavailable(f"Redis did not answer: {failure.getErrorMessage()}")
 
     def store(
         self, room: str, username: str, message: str, time: str, user: str | None = None
@@ -369,13 +206,13 @@ class RedisBackplane:
             self._keys.rooms,
         ]
         args = [self.keep, room, codec.message_json(room, username, message, time, user)]
-        d = self._command("eval", scripts.STORE, keys, args)
+        d = self._connection.command("eval", scripts.STORE, keys, args)
         return d.addCallback(lambda id: StoredMessage(int(id), room, username, message, time, user))
 
     def delete(self, room: str, message_id: int, by: str) -> Deferred[bool]:
         event = codec.deletion_json(room, self._member(0), message_id, by)
         keys = [self._keys.log(room), self._keys.channel(room)]
-        d = self._command("eval", scripts.DELETE, keys, [message_id, event])
+        d = self._connection.command("eval", scripts.DELETE, keys, [message_id, event])
         return d.addCallback(lambda n: int(n) > 0)
 
     def recent(
@@ -384,7 +221,7 @@ class RedisBackplane:
         if limit <= 0:
             return defer.succeed([])
         top = f"{up_to}-0" if up_to is not None else "+"
-        d = self._command(
+        d = self._connection.command(
             "execute_command", "XREVRANGE", self._keys.log(room), top, "-", "COUNT", limit
         )
         return d.addCallback(lambda entries: codec.entries(entries)[::-1])
@@ -393,7 +230,7 @@ class RedisBackplane:
         self, room: str, since_id: int, limit: int = JOIN_HISTORY
     ) -> Deferred[tuple[list[StoredMessage], bool]]:
         keys = [self._keys.log(room), self._keys.marks(room)]
-        d = self._command("eval", scripts.SINCE, keys, [since_id, max(limit, 0)])
+        d = self._connection.command("eval", scripts.SINCE, keys, [since_id, max(limit, 0)])
 
         def answered(reply: list[Any]) -> tuple[list[StoredMessage], bool]:
             recovered, entries = reply
@@ -404,7 +241,7 @@ class RedisBackplane:
         return d.addCallback(answered)
 
     def rooms(self) -> Deferred[list[str]]:
-        d = self._command("smembers", self._keys.rooms)
+        d = self._connection.command("smembers", self._keys.rooms)
         return d.addCallback(lambda names: sorted(n.decode() for n in names))
 
     # -- presence ------------------------------------------------------------
@@ -412,18 +249,13 @@ class RedisBackplane:
     def _member(self, conn_id: int) -> str:
         return codec.member_id(self.instance, conn_id)
 
-    def _quietly(self, d: Deferred[Any], what: str) -> None:
-        # Presence is best effort while Redis is away: `_restore` puts back
-        # what this instance has when it returns.
-        d.addErrback(
-            lambda failure: _log.debug("redis {what} failed: {why}", what=what, why=failure)
-        )
-
     def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
         folded = name.casefold()
         if user is not None:
             owner = f"user:{user}"
-            d = self._command("eval", scripts.CLAIM_USER, [self._keys.names], [folded, owner])
+            d = self._connection.command(
+                "eval", scripts.CLAIM_USER, [self._keys.names], [folded, owner]
+            )
 
             def answered_user(reply: Any) -> bool:
                 if isinstance(reply, bytes | str):
@@ -435,7 +267,7 @@ class RedisBackplane:
             return d.addCallback(answered_user)
         member = self._member(conn_id)
         keys = [self._keys.names, self._keys.instance(self.instance, "names")]
-        d = self._command("eval", scripts.CLAIM, keys, [folded, member])
+        d = self._connection.command("eval", scripts.CLAIM, keys, [folded, member])
 
         def answered(taken: Any) -> bool:
             if int(taken):
@@ -446,7 +278,7 @@ class RedisBackplane:
         return d.addCallback(answered)
 
     def holder(self, name: str) -> Deferred[str | None]:
-        d = self._command("hget", self._keys.names, name.casefold())
+        d = self._connection.command("hget", self._keys.names, name.casefold())
 
         def answered(holder: Any) -> str | None:
             text = codec.text(holder) if holder is not None else ""
@@ -456,19 +288,21 @@ class RedisBackplane:
 
     def converse(self, user: str, room: str, other: str) -> None:
         key = self._keys.directs(user)
-        self._quietly(self._command("hset", key, room, other), "converse")
+        quietly(self._connection.command("hset", key, room, other), "converse")
 
     def conversations(self, user: str) -> Deferred[dict[str, str]]:
-        d = self._command("hgetall", self._keys.directs(user))
+        d = self._connection.command("hgetall", self._keys.directs(user))
         return d.addCallback(lambda kept: {codec.text(r): codec.text(o) for r, o in kept.items()})
 
     def release(self, name: str, conn_id: int) -> None:
         folded, member = name.casefold(), self._member(conn_id)
         if self._claims.get(folded) == member:
             del self._claims[folded]
-        if self._commands_ready:
-            d = self._command("eval", scripts.RELEASE, [self._keys.names], [folded, member])
-            self._quietly(d, "release")
+        if self._connection.ready:
+            d = self._connection.command(
+                "eval", scripts.RELEASE, [self._keys.names], [folded, member]
+            )
+            quietly(d, "release")
 
     def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
         member = self._member(conn_id)
@@ -477,7 +311,7 @@ class RedisBackplane:
         self._publish_join(room, member, value, always=True)
 
     def _publish_join(self, room: str, member: str, name: str, always: bool) -> None:
-        if not self._commands_ready:
+        if not self._connection.ready:
             return
         event = codec.presence_json("join", room, member, name)
         keys = [
@@ -486,8 +320,8 @@ class RedisBackplane:
             self._keys.instance(self.instance, "rooms"),
         ]
         args = [member, name, event, room, "1" if always else "0"]
-        d = self._command("eval", scripts.JOIN, keys, args)
-        self._quietly(d, "join")
+        d = self._connection.command("eval", scripts.JOIN, keys, args)
+        quietly(d, "join")
 
     def left(self, room: str, conn_id: int, name: str) -> None:
         member = self._member(conn_id)
@@ -496,11 +330,11 @@ class RedisBackplane:
             members.pop(member, None)
             if not members:
                 del self._memberships[room]
-        if not self._commands_ready:
+        if not self._connection.ready:
             return
         event = codec.presence_json("leave", room, member, name)
         keys = [self._keys.members(room), self._keys.channel(room)]
-        self._quietly(self._command("eval", scripts.LEAVE, keys, [member, event]), "leave")
+        quietly(self._connection.command("eval", scripts.LEAVE, keys, [member, event]), "leave")
 
     def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
         member = self._member(conn_id)
@@ -508,39 +342,39 @@ class RedisBackplane:
             members = self._memberships.get(room)
             if members is not None and member in members:
                 members[member] = new
-        if not self._commands_ready:
+        if not self._connection.ready:
             return
         for room in rooms:
             event = codec.nick_json(room, member, new, old, rooms)
             keys = [self._keys.members(room), self._keys.channel(room)]
-            d = self._command("eval", scripts.RENAME, keys, [member, new, event])
-            self._quietly(d, "rename")
+            d = self._connection.command("eval", scripts.RENAME, keys, [member, new, event])
+            quietly(d, "rename")
 
     def typing(self, room: str, conn_id: int, name: str) -> None:
-        if not self._commands_ready:
+        if not self._connection.ready:
             return
         member = self._member(conn_id)
         event = codec.presence_json("typing", room, member, name)
-        self._quietly(self._command("publish", self._keys.channel(room), event), "typing")
+        quietly(self._connection.command("publish", self._keys.channel(room), event), "typing")
 
     def members(self, room: str) -> Deferred[list[str]]:
-        d = self._command("hvals", self._keys.members(room))
+        d = self._connection.command("hvals", self._keys.members(room))
         return d.addCallback(lambda names: [codec.member_name(n) for n in names])
 
     def order(self, order: Order) -> None:
         fields = order_fields(order)
-        if not self._commands_ready:
+        if not self._connection.ready:
             _log.warn("redis unavailable: {kind} reached this instance only", kind=fields["kind"])
             return
         payload = codec.compact({"instance": self.instance, "order": fields})
-        self._quietly(self._command("publish", self._keys.notices, payload), "order")
+        quietly(self._connection.command("publish", self._keys.notices, payload), "order")
 
     def keep_order(self, order: ModerationOrder) -> None:
         key = order.key
         if (order.until or 0) > time.time():
-            d = self._command("hset", self._keys.orders, key, order_json(order))
+            d = self._connection.command("hset", self._keys.orders, key, order_json(order))
         else:
-            d = self._command("hdel", self._keys.orders, key)
+            d = self._connection.command("hdel", self._keys.orders, key)
         d.addErrback(
             lambda failure: _log.warn(
                 "redis: the order {key} could not be kept: {why}",
@@ -550,7 +384,7 @@ class RedisBackplane:
         )
 
     def replay_orders(self) -> None:
-        if not self._commands_ready:
+        if not self._connection.ready:
             return  # done when the connection comes
 
         def replay(kept: dict[Any, Any]) -> None:
@@ -558,27 +392,27 @@ class RedisBackplane:
             for key, body in kept.items():
                 order = parse_order(json.loads(body), replayed=True)
                 if not isinstance(order, ModerationOrder) or (order.until or 0) <= now:
-                    self._quietly(self._command("hdel", self._keys.orders, key), "hdel")
+                    quietly(self._connection.command("hdel", self._keys.orders, key), "hdel")
                 elif self._events is not None:
                     self._events.on_order(order)
 
-        d = self._command("hgetall", self._keys.orders).addCallback(replay)
-        self._quietly(d, "replay orders")
+        d = self._connection.command("hgetall", self._keys.orders).addCallback(replay)
+        quietly(d, "replay orders")
 
     def announce(self, notice: Notice) -> None:
-        if not self._commands_ready:
+        if not self._connection.ready:
             _log.warn("redis unavailable: the announcement reached this instance only")
             return
         payload = codec.compact(
             {"instance": self.instance, "message": notice.message, "time": notice.time}
         )
-        self._quietly(self._command("publish", self._keys.notices, payload), "announce")
+        quietly(self._connection.command("publish", self._keys.notices, payload), "announce")
 
     def _restore(self) -> None:
         """Put back this instance's names and members (after an outage, or being reaped)."""
         for folded, member in list(self._claims.items()):
             keys = [self._keys.names, self._keys.instance(self.instance, "names")]
-            d = self._command("eval", scripts.CLAIM, keys, [folded, member])
+            d = self._connection.command("eval", scripts.CLAIM, keys, [folded, member])
 
             def checked(taken: Any, folded: str = folded) -> None:
                 if not int(taken):
@@ -588,25 +422,27 @@ class RedisBackplane:
                     )
 
             d.addCallback(checked)
-            self._quietly(d, "claim")
+            quietly(d, "claim")
         for room, members in list(self._memberships.items()):
             for member, name in list(members.items()):
                 self._publish_join(room, member, name, always=False)
 
     def _beat(self) -> None:
         """Say this instance is alive; take out the members of those that are not."""
-        self._ping_subscriber()
-        if not self._commands_ready:
+        self._connection.ping_subscriber()
+        if not self._connection.ready:
             return
         keys = [self._keys.instances, self._keys.instance(self.instance)]
-        d = self._command("eval", scripts.HEARTBEAT, keys, [self.instance, int(self.ttl * 1000)])
+        d = self._connection.command(
+            "eval", scripts.HEARTBEAT, keys, [self.instance, int(self.ttl * 1000)]
+        )
 
         def beaten(new: Any) -> Deferred[Any]:
             if int(new) and self._beaten and (self._claims or self._memberships):
                 _log.warn("redis: this instance was taken for dead; putting its members back")
                 self._restore()
             self._beaten = True
-            return self._command("smembers", self._keys.instances)
+            return self._connection.command("smembers", self._keys.instances)
 
         def reap(instances: Any) -> None:
             for other in instances:
@@ -615,10 +451,10 @@ class RedisBackplane:
                     continue
                 d = self._reap(other)
                 d.addCallback(self._reaped, other)
-                self._quietly(d, "reap")
+                quietly(d, "reap")
 
         d.addCallback(beaten).addCallback(reap)
-        self._quietly(d, "heartbeat")
+        quietly(d, "heartbeat")
 
     def _reap(self, instance: str) -> Deferred[Any]:
         """Take out the members and names of `instance` if it is dead; fires with 1 if it was."""
@@ -630,36 +466,7 @@ class RedisBackplane:
             self._keys.names,
         ]
         args = [instance, self._keys.prefix, self._keys.channels]
-        return self._command("eval", scripts.REAP, keys, args)
-
-    def _ping_subscriber(self) -> None:
-        """Drop the subscriber connection if Redis does not answer a PING on it in time.
-
-        A subscription is silent when no message comes: a connection that died
-        without a word (a lost NAT entry, a Redis failover behind a virtual
-        address) would look the same, and its rooms would get nothing, for
-        good.  Dropped, it comes back, subscribes again and backfills.
-        """
-        subscriber = self._subscriber
-        if subscriber is None or self._pinging:
-            return
-        self._pinging = True
-
-        def silent() -> None:
-            _log.warn(
-                "redis: no answer on the subscriber connection within {timeout} s; reconnecting",
-                timeout=REPLY_TIMEOUT,
-            )
-            subscriber.transport.abortConnection()
-
-        timer = self.reactor.callLater(REPLY_TIMEOUT, silent)
-
-        def answered(_: Any) -> None:
-            self._pinging = False
-            if timer.active():
-                timer.cancel()
-
-        subscriber.ping().addBoth(answered)
+        return self._connection.command("eval", scripts.REAP, keys, args)
 
     def _reaped(self, done: Any, instance: str) -> None:
         if int(done):
@@ -672,11 +479,11 @@ class RedisBackplane:
 
     def watch(self, room: str) -> Deferred[Watched]:
         watch = self._watches.get(room)
-        if self._subscriber is None:
-            return defer.fail(Unavailable(f"cannot reach Redis at {self.address}"))
+        if not self._connection.subscribed:
+            return defer.fail(self._connection.unreachable())
         if watch is not None and watch.last is not None:
             last = watch.last
-            d = self._command(
+            d = self._connection.command(
                 "eval", scripts.WATCH, [self._keys.marks(room), self._keys.members(room)]
             )
             return d.addCallback(lambda reply: codec.watched(last, reply[1], self.instance))
@@ -693,9 +500,9 @@ class RedisBackplane:
     def _locate(self, room: str, watch: _Watch) -> None:
         """Subscribe, then read the position: what is published after it comes live."""
         watch.waiting = []
-        d = self._subscriber.subscribe(watch.channel)
+        d = self._connection.subscribe(watch.channel)
         keys = [self._keys.marks(room), self._keys.members(room)]
-        d.addCallback(lambda _: self._command("eval", scripts.WATCH, keys))
+        d.addCallback(lambda _: self._connection.command("eval", scripts.WATCH, keys))
 
         def positioned(reply: list[Any]) -> None:
             if self._watches.get(room) is not watch:
@@ -726,8 +533,7 @@ class RedisBackplane:
         if watch is None:
             return
         del self._by_channel[watch.channel]
-        if self._subscriber is not None:
-            self._subscriber.unsubscribe(watch.channel).addErrback(lambda _: None)
+        self._connection.unsubscribe(watch.channel)
 
     def _published(self, channel: Any, payload: Any) -> None:
         if isinstance(channel, bytes):
@@ -794,7 +600,7 @@ class RedisBackplane:
         last = watch.last
         assert last is not None
         keys = [self._keys.log(room), self._keys.marks(room), self._keys.members(room)]
-        d = self._command("eval", scripts.BACKFILL, keys, [last])
+        d = self._connection.command("eval", scripts.BACKFILL, keys, [last])
 
         def read(reply: list[Any]) -> None:
             if self._watches.get(room) is not watch or watch.waiting is None:
