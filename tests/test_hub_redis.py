@@ -222,8 +222,8 @@ async def test_the_members_of_an_instance_that_died_leave(instance: Instance) ->
     # Two stops without a word: no heartbeats, no leaves, connections gone.
     backplane: Any = two.backplane
     backplane._heartbeat.stop()
-    connection = backplane._connection
-    await gatherResults([connection._commands.disconnect(), connection._subscriptions.disconnect()])
+    factories = (backplane._connection._command_factory, backplane._connection._subscriber_factory)
+    await gatherResults([factory.disconnect() for factory in factories])
     await wait_until(lambda: names(alice, "chat-leave") == ["bob"], timeout=5)
     assert one.rooms["r"].usernames() == ["alice"]
     newbob = await join(one, "bob")  # the name is free again

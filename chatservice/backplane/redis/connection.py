@@ -53,9 +53,9 @@ class RedisConnection:
     def __init__(self, address: RedisAddress, reactor: Any) -> None:
         self.address = address
         self.reactor = reactor
-        self._commands = _Commands(self, address)
-        self._subscriptions = _Subscriptions(self)
-        for factory in (self._commands, self._subscriptions):
+        self._command_factory = _CommandFactory(self, address)
+        self._subscriber_factory = _SubscriberFactory(self)
+        for factory in (self._command_factory, self._subscriber_factory):
             factory.charset = None
             factory.password = address.password
             factory.username = address.username
@@ -117,7 +117,7 @@ class RedisConnection:
 
     def start(self) -> None:
         """Connect both connections, and keep reconnecting them while they drop."""
-        for factory in (self._commands, self._subscriptions):
+        for factory in (self._command_factory, self._subscriber_factory):
             factory.startConnecting(_Reporting(self.address.endpoint(self.reactor), self))
 
     def close(self, farewell: Callable[[], Deferred[Any]]) -> Deferred[Any]:
@@ -130,7 +130,7 @@ class RedisConnection:
 
         def close(_: Any) -> Deferred[Any]:
             return defer.gatherResults(
-                [self._commands.disconnect(), self._subscriptions.disconnect()],
+                [self._command_factory.disconnect(), self._subscriber_factory.disconnect()],
                 consumeErrors=True,
             )
 
@@ -147,7 +147,7 @@ class RedisConnection:
         """
         if not self._commands_ready:
             return defer.fail(self.unreachable())
-        d: Deferred[Any] = getattr(self._commands.handler, name)(*args, **kwargs)
+        d: Deferred[Any] = getattr(self._command_factory.handler, name)(*args, **kwargs)
         return d.addErrback(self._unavailable)
 
     @staticmethod
@@ -285,7 +285,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
             self.on_message(channel, message)
 
 
-class _Subscriptions(txredisapi.SubscriberFactory):
+class _SubscriberFactory(txredisapi.SubscriberFactory):
     """The subscriber connection's factory: tells the connection when it is up or down."""
 
     protocol = _Subscriber
@@ -305,7 +305,7 @@ class _Subscriptions(txredisapi.SubscriberFactory):
         self.connection._subscriber_down(conn)
 
 
-class _Commands(txredisapi.RedisFactory):
+class _CommandFactory(txredisapi.RedisFactory):
     """The command connection's factory: tells the connection when it is up or down."""
 
     maxDelay = MAX_RETRY_DELAY
