@@ -26,9 +26,7 @@ The two connections to Redis, and their status: `chatservice.backplane.redis.con
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,16 +35,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from chatservice import logs
-from chatservice.backplane.codec import order_fields, order_json, parse_order
 from chatservice.backplane.redis import codec, scripts
 from chatservice.backplane.redis.address import RedisAddress
 from chatservice.backplane.redis.connection import RedisConnection, quietly
+from chatservice.backplane.redis.control import RedisControl
 from chatservice.backplane.redis.keys import Keys
+from chatservice.backplane.redis.names import RedisNames
 from chatservice.backplane.redis.subscriptions import Subscriptions
 from chatservice.backplane.roles import BackplaneEvents
 from chatservice.backplane.values import (
     JOIN_HISTORY,
-    Displacement,
     ModerationOrder,
     Notice,
     Order,
@@ -90,7 +88,6 @@ class RedisBackplane:
         self._events: BackplaneEvents | None = None
         self._keys = Keys(prefix, address.db)
         #: What this instance has in Redis, to put back after an outage.
-        self._claims: dict[str, str] = {}
         self._memberships: dict[str, dict[str, str]] = {}
         self._connected_before = False
         #: Whether a heartbeat reached Redis yet.
@@ -99,7 +96,9 @@ class RedisBackplane:
         self._heartbeat.clock = reactor
         self._connection = RedisConnection(address, reactor)
         self._subscriptions = Subscriptions(self._connection, self._keys, self.instance, keep)
-        self._subscriptions.listen(self._keys.notices, self._notice)
+        self._control = RedisControl(self._connection, self._keys, self.instance)
+        self._names = RedisNames(self._connection, self._keys, self.instance, self._control.order)
+        self._subscriptions.listen(self._keys.notices, self._control.received)
         self._connection.when_commands_up(self._commands_up)
         self._connection.when_subscriber_up(self._subscriptions.subscriber_up)
         self._connection.when_subscriber_down(self._subscriptions.subscriber_down)
@@ -109,6 +108,7 @@ class RedisBackplane:
         """Hand every event from now on to `events` (the hub's)."""
         self._events = events
         self._subscriptions.events = events
+        self._control.events = events
 
     # -- connecting --------------------------------------------------------
 
@@ -143,7 +143,7 @@ class RedisBackplane:
         if self._connected_before:
             self._restore()
         self._connected_before = True
-        self.replay_orders()
+        self._control.replay_orders()
         # Backfills that failed while only the subscriber was back.
         self._subscriptions.commands_up()
 
@@ -200,61 +200,6 @@ class RedisBackplane:
 
     def _member(self, conn_id: int) -> str:
         return codec.member_id(self.instance, conn_id)
-
-    def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
-        folded = name.casefold()
-        if user is not None:
-            owner = f"user:{user}"
-            d = self._connection.command(
-                "eval", scripts.CLAIM_USER, [self._keys.names], [folded, owner]
-            )
-
-            def answered_user(reply: Any) -> bool:
-                if isinstance(reply, bytes | str):
-                    # A guest (of any instance) had it: its instance renames it.
-                    self.order(Displacement(name))
-                    return True
-                return bool(int(reply))
-
-            return d.addCallback(answered_user)
-        member = self._member(conn_id)
-        keys = [self._keys.names, self._keys.instance(self.instance, "names")]
-        d = self._connection.command("eval", scripts.CLAIM, keys, [folded, member])
-
-        def answered(taken: Any) -> bool:
-            if int(taken):
-                self._claims[folded] = member
-                return True
-            return False
-
-        return d.addCallback(answered)
-
-    def holder(self, name: str) -> Deferred[str | None]:
-        d = self._connection.command("hget", self._keys.names, name.casefold())
-
-        def answered(holder: Any) -> str | None:
-            text = codec.text(holder) if holder is not None else ""
-            return text[5:] if text.startswith("user:") else None
-
-        return d.addCallback(answered)
-
-    def converse(self, user: str, room: str, other: str) -> None:
-        key = self._keys.directs(user)
-        quietly(self._connection.command("hset", key, room, other), "converse")
-
-    def conversations(self, user: str) -> Deferred[dict[str, str]]:
-        d = self._connection.command("hgetall", self._keys.directs(user))
-        return d.addCallback(lambda kept: {codec.text(r): codec.text(o) for r, o in kept.items()})
-
-    def release(self, name: str, conn_id: int) -> None:
-        folded, member = name.casefold(), self._member(conn_id)
-        if self._claims.get(folded) == member:
-            del self._claims[folded]
-        if self._connection.ready:
-            d = self._connection.command(
-                "eval", scripts.RELEASE, [self._keys.names], [folded, member]
-            )
-            quietly(d, "release")
 
     def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
         member = self._member(conn_id)
@@ -313,68 +258,9 @@ class RedisBackplane:
         d = self._connection.command("hvals", self._keys.members(room))
         return d.addCallback(lambda names: [codec.member_name(n) for n in names])
 
-    def order(self, order: Order) -> None:
-        fields = order_fields(order)
-        if not self._connection.ready:
-            _log.warn("redis unavailable: {kind} reached this instance only", kind=fields["kind"])
-            return
-        payload = codec.compact({"instance": self.instance, "order": fields})
-        quietly(self._connection.command("publish", self._keys.notices, payload), "order")
-
-    def keep_order(self, order: ModerationOrder) -> None:
-        key = order.key
-        if (order.until or 0) > time.time():
-            d = self._connection.command("hset", self._keys.orders, key, order_json(order))
-        else:
-            d = self._connection.command("hdel", self._keys.orders, key)
-        d.addErrback(
-            lambda failure: _log.warn(
-                "redis: the order {key} could not be kept: {why}",
-                key=key,
-                why=failure.getErrorMessage(),
-            )
-        )
-
-    def replay_orders(self) -> None:
-        if not self._connection.ready:
-            return  # done when the connection comes
-
-        def replay(kept: dict[Any, Any]) -> None:
-            now = time.time()
-            for key, body in kept.items():
-                order = parse_order(json.loads(body), replayed=True)
-                if not isinstance(order, ModerationOrder) or (order.until or 0) <= now:
-                    quietly(self._connection.command("hdel", self._keys.orders, key), "hdel")
-                elif self._events is not None:
-                    self._events.on_order(order)
-
-        d = self._connection.command("hgetall", self._keys.orders).addCallback(replay)
-        quietly(d, "replay orders")
-
-    def announce(self, notice: Notice) -> None:
-        if not self._connection.ready:
-            _log.warn("redis unavailable: the announcement reached this instance only")
-            return
-        payload = codec.compact(
-            {"instance": self.instance, "message": notice.message, "time": notice.time}
-        )
-        quietly(self._connection.command("publish", self._keys.notices, payload), "announce")
-
     def _restore(self) -> None:
         """Put back this instance's names and members (after an outage, or being reaped)."""
-        for folded, member in list(self._claims.items()):
-            keys = [self._keys.names, self._keys.instance(self.instance, "names")]
-            d = self._connection.command("eval", scripts.CLAIM, keys, [folded, member])
-
-            def checked(taken: Any, folded: str = folded) -> None:
-                if not int(taken):
-                    _log.warn(
-                        "redis: the name {name!r} was taken elsewhere while Redis was away",
-                        name=folded,
-                    )
-
-            d.addCallback(checked)
-            quietly(d, "claim")
+        self._names.restore()
         for room, members in list(self._memberships.items()):
             for member, name in list(members.items()):
                 self._publish_join(room, member, name, always=False)
@@ -390,7 +276,7 @@ class RedisBackplane:
         )
 
         def beaten(new: Any) -> Deferred[Any]:
-            if int(new) and self._beaten and (self._claims or self._memberships):
+            if int(new) and self._beaten and (self._names.held or self._memberships):
                 _log.warn("redis: this instance was taken for dead; putting its members back")
                 self._restore()
             self._beaten = True
@@ -435,15 +321,42 @@ class RedisBackplane:
     def unwatch(self, room: str) -> None:
         self._subscriptions.unwatch(room)
 
-    def _notice(self, payload: Any) -> None:
-        notice = json.loads(payload)
-        if notice.get("instance") == self.instance or self._events is None:
-            return
-        if "order" in notice:
-            order = parse_order(notice["order"])
-            if order is None:
-                _log.warn("ignored an order of unknown kind {order!r}", order=notice["order"])
-            else:
-                self._events.on_order(order)
-        else:
-            self._events.on_notice(Notice(notice["message"], notice["time"]))
+    # -- names -----------------------------------------------------------------
+
+    def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
+        """Take `name` (any case) for `conn_id`, or for `user` for good; False if someone has it."""
+        return self._names.claim(name, conn_id, user)
+
+    def holder(self, name: str) -> Deferred[str | None]:
+        """The user id whose name `name` is, if an identified user claimed it."""
+        return self._names.holder(name)
+
+    def release(self, name: str, conn_id: int) -> None:
+        """Give back a name `conn_id` claimed."""
+        self._names.release(name, conn_id)
+
+    def converse(self, user: str, room: str, other: str) -> None:
+        """Remember that user `user` has the direct conversation `room` with `other` (a name)."""
+        self._names.converse(user, room, other)
+
+    def conversations(self, user: str) -> Deferred[dict[str, str]]:
+        """User `user`'s direct conversations: room -> the other's name."""
+        return self._names.conversations(user)
+
+    # -- the control bus ---------------------------------------------------------
+
+    def announce(self, notice: Notice) -> None:
+        """Have every other instance tell all its connections `notice`."""
+        self._control.announce(notice)
+
+    def order(self, order: Order) -> None:
+        """Hand `order` to every other instance."""
+        self._control.order(order)
+
+    def keep_order(self, order: ModerationOrder) -> None:
+        """Keep `order` until it ends (an order that has ended forgets its key)."""
+        self._control.keep_order(order)
+
+    def replay_orders(self) -> None:
+        """Hand the kept orders in force to the events' `on_order`, ``replayed``."""
+        self._control.replay_orders()
