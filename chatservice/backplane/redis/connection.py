@@ -1,11 +1,10 @@
 """The one connection object to Redis: commands over one connection, subscriptions over another.
 
-Commands go over one connection (Twisted-native txredisapi, with hiredis
-parsing; chosen by bench/redis_clients_bench.py), the subscription over a
-second; both reconnect by themselves with backoff.  While either is down,
-`RedisConnection.problem` says why, and commands fail at once with
-`Unavailable`.  Whoever needs to know when a connection comes back or goes
-asks to be told (`RedisConnection.when_commands_up` and the like).
+Both reconnect by themselves with backoff (see the package's docstring for
+why txredisapi).  While either is down, `RedisConnection.problem` says why,
+and commands fail at once with `Unavailable`.  Whoever needs to know when a
+connection comes back or goes asks to be told
+(`RedisConnection.when_commands_up` and the like).
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ MAX_RETRY_DELAY = 5.0
 
 def quietly(d: Deferred[Any], what: str) -> None:
     """Log at debug level, and forget, a failure of `d` (a best-effort command)."""
-    # Presence is best effort while Redis is away: `RedisBackplane._restore`
-    # puts back what this instance has when it returns.
+    # Presence is best effort while Redis is away: `RedisPresence` puts back
+    # what this instance has when it returns.
     d.addErrback(lambda failure: _log.debug("redis {what} failed: {why}", what=what, why=failure))
 
 
@@ -278,6 +277,8 @@ class _Reporting:
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
+    """The subscriber connection's protocol: hands each message to `on_message`."""
+
     on_message: Callable[[str, bytes], None] | None = None
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:

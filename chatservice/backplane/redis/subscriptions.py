@@ -1,12 +1,11 @@
 """The channels this instance hears: watched rooms, and the fixed ones (notices).
 
-Pub/sub forgets what a disconnected subscriber missed, so the messages of
-watched rooms are counted by id (`_Watch.last`): when the subscriber
-connection comes back, each watched room's stream is read from there
-(backfill) and messages that come live meanwhile wait, so the listener gets
-each message once and in order, as if the connection never dropped (as far
-as the stream still keeps them: ``--history``).  Presence events are not
-kept: after a backfill, a ``members`` event tells who is there now.
+A watched room's messages reach the registered events once and in id order,
+across reconnections of the subscriber connection: its position is counted
+by id (`_Watch.last`), and after a reconnection the room's stream is read
+from there (backfill) while live messages wait (see the package's
+docstring).  Presence events are not kept: after a backfill, a ``members``
+event tells who is there now.
 """
 
 from __future__ import annotations
