@@ -55,17 +55,16 @@ class RedisBackplane:
         self.reactor = reactor
         self.prefix = prefix
         self.ttl = ttl
-        #: This instance, for the others: random, new at every start.
-        self.instance = os.urandom(6).hex()
+        instance = self._instance = os.urandom(6).hex()
         #: Put in guests' names (``guest-<prefix>7``) so that instances do not collide.
-        self.guest_prefix = self.instance[:4] + "-"
+        self.guest_prefix = instance[:4] + "-"
         keys = self._keys = Keys(prefix, address.db)
         connection = self._connection = RedisConnection(address, reactor)
-        self._subscriptions = Subscriptions(connection, keys, self.instance, keep)
-        self._messages = RedisMessageLog(connection, keys, self.instance, keep, self._subscriptions)
-        self._control = RedisControl(connection, keys, self.instance)
-        self._names = RedisNames(connection, keys, self.instance, self._control.order)
-        self._presence = RedisPresence(connection, keys, self.instance, ttl, reactor, self._names)
+        self._subscriptions = Subscriptions(connection, keys, instance, keep)
+        self._messages = RedisMessageLog(connection, keys, instance, keep, self._subscriptions)
+        self._control = RedisControl(connection, keys, instance)
+        self._names = RedisNames(connection, keys, instance, self._control.order)
+        self._presence = RedisPresence(connection, keys, instance, ttl, reactor, self._names)
         self._subscriptions.listen(keys.notices, self._control.received)
         # When the command connection comes (back), in this order: say this
         # instance is alive (and put back what Redis lost of it), replay the
@@ -77,6 +76,11 @@ class RedisBackplane:
         connection.when_subscriber_up(self._subscriptions.subscriber_up)
         connection.when_subscriber_down(self._subscriptions.subscriber_down)
         connection.receive(self._subscriptions.published)
+
+    @property
+    def instance(self) -> str:
+        """This instance, for the others: random, new at every start (its roles all use it)."""
+        return self._instance
 
     def register(self, events: BackplaneEvents) -> None:
         """Hand every event from now on to `events` (the hub's)."""
