@@ -298,7 +298,7 @@ async def test_presence_events_in_any_key_order_and_junk_on_a_channel(
         events = hear(backplane)
         got, heard = events.messages, events.presence
         await backplane.watch("r")
-        channel = backplane._channel("r")
+        channel = backplane._keys.channel("r")
         leave = '{"room":"r","name":"bob","member":"dead:1","event":"leave"}'
         for payload in ("not json", '{"id": "x"}', "[1, 2]", leave):
             assert redis_server.command("PUBLISH", channel, json.dumps(payload)) is not None
@@ -412,6 +412,6 @@ def test_a_redis_that_is_loading_its_data_counts_as_unavailable() -> None:
     backplane = RedisBackplane(parse_redis_url("redis://127.0.0.1:1"), 10, reactor)
     loading = Failure(txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"))
     with pytest.raises(Unavailable):
-        backplane._unavailable(loading)
+        backplane._connection._unavailable(loading)
     bug = Failure(txredisapi.ResponseError("ERR wrong number of arguments"))
-    assert backplane._unavailable(bug) is bug
+    assert backplane._connection._unavailable(bug) is bug

@@ -222,8 +222,9 @@ async def test_the_members_of_an_instance_that_died_leave(instance: Instance) ->
     one, two, alice = await alice_and_bob_on_two_instances(instance)
     # Two stops without a word: no heartbeats, no leaves, connections gone.
     backplane: Any = two.backplane
-    backplane._heartbeat.stop()
-    await gatherResults([backplane._commands.disconnect(), backplane._subscriptions.disconnect()])
+    backplane._presence._heartbeat.stop()
+    factories = (backplane._connection._command_factory, backplane._connection._subscriber_factory)
+    await gatherResults([factory.disconnect() for factory in factories])
     await wait_until(lambda: names(alice, "chat-leave") == ["bob"], timeout=5)
     assert one.rooms["r"].usernames() == ["alice"]
     newbob = await join(one, "bob")  # the name is free again
@@ -252,10 +253,10 @@ async def test_an_instance_taken_for_dead_puts_its_members_back(instance: Instan
     one, two, alice = await alice_and_bob_on_two_instances(instance)
     # Two goes quiet (a long pause, say) and is taken for dead...
     backplane: Any = two.backplane
-    backplane._heartbeat.stop()
+    backplane._presence._heartbeat.stop()
     await wait_until(lambda: names(alice, "chat-leave") == ["bob"], timeout=5)
     # ...then beats again: bob is back, and still holds his name.
-    backplane._heartbeat.start(0.2)
+    backplane._presence._heartbeat.start(0.2)
     await wait_until(lambda: names(alice, "chat-join") == ["alice", "bob", "bob"], timeout=5)
     assert one.rooms["r"].usernames() == ["alice", "bob"]
     other = await join(one, "Bob", room="elsewhere")

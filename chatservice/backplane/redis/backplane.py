@@ -1,492 +1,43 @@
-"""The backplane of several instances: Redis (or Valkey, the same protocol).
+"""`RedisBackplane`: every role of `chatservice.backplane.roles`, over one connection to Redis.
 
-The promises are `chatservice.backplane`'s; this is how Redis keeps them.
-
-Keys (``chatservice:`` is the default prefix)::
-
-    chatservice:ids                  INCR counter: message ids, all rooms
-    chatservice:rooms                set of the rooms with kept messages
-    chatservice:room:<room>:log      stream: the kept messages, entry id "<id>-0"
-    chatservice:room:<room>:marks    hash: newest (last id given), pruned (last dropped)
-    chatservice:<db>:room:<room>     pub/sub channel: the room's messages and presence
-    chatservice:room:<room>:members  hash: "<instance>:<connection>" -> name
-                                     (identified users: name, \x1f, user id)
-    chatservice:names                hash: name.casefold() -> "<instance>:<connection>",
-                                     or "user:<id>" for good (an identified user's)
-    chatservice:<db>:notices         pub/sub channel: announcements (/broadcast)
-                                     (channels are not per database, hence <db>)
-    chatservice:orders               hash: moderators' orders in force (bans, mutes) -> JSON
-    chatservice:user:<id>:directs    hash: a user's direct conversations, room -> other's name
-    chatservice:instances            set of the instances' ids
-    chatservice:instance:<id>        "alive", expiring `ttl` after its last heartbeat
-    chatservice:instance:<id>:rooms  set: rooms it has had members in
-    chatservice:instance:<id>:names  set: names it has claimed
-
-One script (`_STORE`) numbers, keeps, trims and publishes a message, so Redis
-does all of it or none, and publishes in id order: every instance's
-subscriber connection receives a room's messages in that order.  The
-instance that stored a message passes it on when its subscription brings it,
-like every other instance, not when the script answers.
-
-Pub/sub forgets what a disconnected subscriber missed, so the messages of
-watched rooms are counted by id (`_Watch.last`): when the subscriber
-connection comes back, each watched room's stream is read from there
-(backfill) and messages that come live meanwhile wait, so the listener gets
-each message once and in order, as if the connection never dropped (as far
-as the stream still keeps them: ``--history``).
-
-Presence: each instance keeps its members in the rooms' member hashes and
-its names in the names hash, and publishes what they do on the room's
-channel (JSON objects with an ``event``; messages have an ``id``).  It
-refreshes its ``instance:<id>`` key every ttl/3; every instance also looks
-for instances whose key expired and takes their members out (`_REAP`, one
-script, so only one instance publishes their leaves).  An instance that
-comes back (its connection to Redis dropped, or it was taken for dead) puts
-its members and names back, and re-reads the members of its rooms.
-
-Commands go over one connection (Twisted-native txredisapi, with hiredis
-parsing; chosen by bench/redis_clients_bench.py), the subscription over a
-second; both reconnect by themselves with backoff.  While either is down,
-`store` and the reads fail at once with `Unavailable`.
+It builds the role objects, wires them to the connection and delegates to
+them; how they keep the roles' promises is told in the package's docstring.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.parse
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import txredisapi
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
-from twisted.internet.task import LoopingCall
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from chatservice import logs
-from chatservice.backplane.codec import order_fields, order_json, parse_order
+from chatservice.backplane.redis.address import RedisAddress
+from chatservice.backplane.redis.connection import RedisConnection
+from chatservice.backplane.redis.control import RedisControl
+from chatservice.backplane.redis.keys import Keys
+from chatservice.backplane.redis.log import RedisMessageLog
+from chatservice.backplane.redis.names import RedisNames
+from chatservice.backplane.redis.presence import INSTANCE_TTL, RedisPresence
+from chatservice.backplane.redis.subscriptions import Subscriptions
 from chatservice.backplane.roles import BackplaneEvents
 from chatservice.backplane.values import (
     JOIN_HISTORY,
-    Deletion,
-    Displacement,
     ModerationOrder,
     Notice,
     Order,
-    Presence,
     StoredMessage,
-    Unavailable,
     Watched,
 )
 
-_log = logs.logger("chatservice.redis_backplane")
-
-DEFAULT_PORT = 6379
-#: Seconds after its last heartbeat that an instance counts as dead.
-INSTANCE_TTL = 15.0
-#: Error replies of a Redis that is there but cannot serve yet: after a restart,
-#: reading its data (LOADING); a replica without its master (MASTERDOWN).
-_NOT_READY = ("LOADING", "MASTERDOWN")
-#: Seconds a command may take before Redis counts as unavailable.
-REPLY_TIMEOUT = 5.0
-
-# KEYS: ids, log, marks, channel, rooms.  ARGV: keep, room, the message's JSON
-# object without its opening brace (the script puts the id in front).
-_STORE = """
-local id = redis.call('INCR', KEYS[1])
-local keep = tonumber(ARGV[1])
-local payload = '{"id":' .. id .. ',' .. ARGV[3]
-redis.call('HSET', KEYS[3], 'newest', id)
-if keep > 0 then
-  redis.call('XADD', KEYS[2], id .. '-0', 'm', payload)
-  redis.call('SADD', KEYS[5], ARGV[2])
-  local over = redis.call('XLEN', KEYS[2]) - keep
-  if over > 0 then
-    local dropped = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', over)
-    local last = dropped[#dropped][1]
-    redis.call('XTRIM', KEYS[2], 'MAXLEN', keep)
-    redis.call('HSET', KEYS[3], 'pruned', string.match(last, '^%d+'))
-  end
-else
-  redis.call('HSET', KEYS[3], 'pruned', id)
-end
-redis.call('PUBLISH', KEYS[4], payload)
-return id
-"""
-
-# KEYS: log, marks.  ARGV: since, limit.  Returns {recovered, entries}, as
-# `History.since` decides.
-_SINCE = """
-local marks = redis.call('HMGET', KEYS[2], 'newest', 'pruned')
-local newest = tonumber(marks[1]) or 0
-local pruned = tonumber(marks[2]) or 0
-local since = tonumber(ARGV[1])
-if since < 0 or since > newest or since < pruned then
-  return {0, redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[2])}
-end
-return {1, redis.call('XRANGE', KEYS[1], (since + 1) .. '-0', '+')}
-"""
-
-# KEYS: log, marks, members.  ARGV: after.  Returns {newest, pruned, entries
-# after `after` (all of them if newest < after: Redis lost its data and counts
-# again), members}.
-_BACKFILL = """
-local marks = redis.call('HMGET', KEYS[2], 'newest', 'pruned')
-local newest = tonumber(marks[1]) or 0
-local after = tonumber(ARGV[1])
-if newest < after then after = 0 end
-return {newest, tonumber(marks[2]) or 0,
-        redis.call('XRANGE', KEYS[1], (after + 1) .. '-0', '+'),
-        redis.call('HGETALL', KEYS[3])}
-"""
-
-
-# KEYS: marks, members.  Returns {newest, members hash as a flat list}.
-_WATCH = """
-local newest = tonumber(redis.call('HGET', KEYS[1], 'newest')) or 0
-return {newest, redis.call('HGETALL', KEYS[2])}
-"""
-
-# KEYS: members, channel, the instance's rooms.  ARGV: member, name, event,
-# room, "1" to publish even if the member was there already.
-_JOIN = """
-local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[4])
-if added == 1 or ARGV[5] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[3]) end
-return added
-"""
-
-# KEYS: members, channel.  ARGV: member, event.
-_LEAVE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
-return 0
-"""
-
-# KEYS: members, channel.  ARGV: member, new name, event.
-_RENAME = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('PUBLISH', KEYS[2], ARGV[3])
-end
-return 0
-"""
-
-# KEYS: names, the instance's names.  ARGV: folded name, member.  1 if taken.
-_CLAIM = """
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder and holder ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: names.  ARGV: folded name, "user:<id>".  0 if another user has it;
-# else it is (now) that user's, for good: 1, or the member of the guest that
-# held it and lost it.
-_CLAIM_USER = """
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder and holder ~= ARGV[2] and string.sub(holder, 1, 5) == 'user:' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if holder and holder ~= ARGV[2] then return holder end
-return 1
-"""
-
-# KEYS: log, channel.  ARGV: id, event.  1 if the message was kept.
-_DELETE = """
-local n = redis.call('XDEL', KEYS[1], ARGV[1] .. '-0')
-if n > 0 then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
-return n
-"""
-
-# KEYS: names.  ARGV: folded name, member.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
-
-# KEYS: instances, alive.  ARGV: id, ttl in ms.  1 if the instance was not
-# in the set (new, or taken for dead meanwhile).
-_HEARTBEAT = """
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-return redis.call('SADD', KEYS[1], ARGV[1])
-"""
-
-# KEYS: instances, its alive key, its rooms, its names, names.  ARGV: its id,
-# the key prefix, the channel prefix.  Takes a dead instance's members out of every room (with a
-# leave event each) and gives back its names; 1 if this call did it.
-_REAP = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local mine = ARGV[1] .. ':'
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  local members = ARGV[2] .. 'room:' .. room .. ':members'
-  local channel = ARGV[3] .. 'room:' .. room
-  local all = redis.call('HGETALL', members)
-  for i = 1, #all, 2 do
-    if string.sub(all[i], 1, #mine) == mine then
-      redis.call('HDEL', members, all[i])
-      redis.call('PUBLISH', channel, cjson.encode(
-        {event = 'leave', room = room, member = all[i], name = all[i + 1]}))
-    end
-  end
-end
-for _, folded in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  local holder = redis.call('HGET', KEYS[5], folded)
-  if holder and string.sub(holder, 1, #mine) == mine then
-    redis.call('HDEL', KEYS[5], folded)
-  end
-end
-redis.call('DEL', KEYS[3], KEYS[4])
-return 1
-"""
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where Redis is, from a ``--redis`` URL (see `parse_redis_url`)."""
-
-    host: str = "localhost"
-    port: int = DEFAULT_PORT
-    path: str | None = None  # a unix socket
-    tls: bool = False
-    password: str | None = None
-    username: str | None = None
-    db: int | None = None
-
-    def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
-        if self.path is not None:
-            return UNIXClientEndpoint(reactor, self.path)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, self.host, self.port)
-        if self.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
-        return endpoint
-
-    def __str__(self) -> str:
-        """The address without the password, for logs."""
-        if self.path is not None:
-            where = f"unix://{self.path}"
-        else:
-            where = f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}"
-        return where + (f"/{self.db}" if self.db else "")
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path[?db=N]``.
-
-    Raises:
-        ValueError: With a one-line reason.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"bad Redis URL {url!r}: {e}") from None
-    scheme = parts.scheme.lower()
-    query = urllib.parse.parse_qs(parts.query)
-    password = urllib.parse.unquote(parts.password) if parts.password else None
-    username = urllib.parse.unquote(parts.username) if parts.username else None
-    db_text = query.get("db", [""])[0]
-    if scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise ValueError(f"bad Redis URL {url!r}: no host")
-        db_text = parts.path.strip("/") or db_text
-    elif scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"bad Redis URL {url!r}: no socket path")
-    else:
-        raise ValueError(f"bad Redis URL {url!r}: use redis://, rediss:// or unix://")
-    db: int | None = None
-    if db_text:
-        if not db_text.isdigit():
-            raise ValueError(f"bad Redis URL {url!r}: the database must be a number")
-        db = int(db_text)
-    if scheme == "unix":
-        return RedisAddress(path=parts.path, password=password, username=username, db=db)
-    return RedisAddress(
-        host=parts.hostname or "localhost",
-        port=port or DEFAULT_PORT,
-        tls=scheme == "rediss",
-        password=password,
-        username=username,
-        db=db,
-    )
-
-
-def _message_json(room: str, username: str, message: str, time: str, user: str | None) -> str:
-    """The ``chat-message`` payload's JSON without ``{`` (the script adds the id)."""
-    fields = {"room": room, "username": username, "message": message, "time": time}
-    if user is not None:
-        fields["user"] = user
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))[1:]
-
-
-def _parse(payload: bytes | str) -> StoredMessage:
-    return _message(json.loads(payload))
-
-
-def _message(fields: dict[str, Any]) -> StoredMessage:
-    return StoredMessage(
-        fields["id"],
-        fields["room"],
-        fields["username"],
-        fields["message"],
-        fields["time"],
-        fields.get("user"),
-    )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    """A hash from HGETALL's flat list."""
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-def _event(fields: dict[str, Any]) -> str:
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-
-
-#: Between a member's name and user id in a room's members hash.
-_USER_MARK = "\x1f"
-
-
-def _member_value(name: str, user: str | None) -> str:
-    return name if user is None else f"{name}{_USER_MARK}{user}"
-
-
-def _presence(fields: dict[str, Any]) -> Presence | Deletion:
-    name, _, user = str(fields.get("name", "")).partition(_USER_MARK)
-    if fields["event"] == "delete":
-        return Deletion(fields["room"], int(fields["id"]), name)
-    return Presence(
-        kind=fields["event"],
-        room=fields["room"],
-        member=fields.get("member", ""),
-        name=name,
-        old=fields.get("old", ""),
-        rooms=tuple(fields.get("rooms") or ()),
-        user=fields.get("user") or user,
-    )
-
-
-def _entries(entries: list[Any]) -> list[StoredMessage]:
-    """Stream entries ``[id, [b"m", payload]]`` as messages."""
-    return [_parse(fields[1]) for _, fields in entries]
-
-
-class _Watch:
-    """A watched room: the last id passed on, and what waits for a backfill."""
-
-    __slots__ = ("callers", "channel", "last", "waiting")
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-        #: The last id passed on (or the position); None until known.
-        self.last: int | None = None
-        #: What came live while the position or a backfill was read, else None.
-        self.waiting: list[StoredMessage | Presence | Deletion] | None = None
-        #: Who waits for the position.
-        self.callers: list[Deferred[Watched]] = []
-
-
-@implementer(IStreamClientEndpoint)
-class _Reporting:
-    """An endpoint that tells the backplane why a connection attempt failed."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, backplane: RedisBackplane) -> None:
-        self._endpoint = endpoint
-        self._backplane = backplane
-
-    def __repr__(self) -> str:
-        return f"<Redis at {self._backplane.address}>"
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        d: Deferred[Any] = self._endpoint.connect(factory)
-        return d.addErrback(self._failed)
-
-    def _failed(self, failure: Failure) -> Failure:
-        self._backplane._unreachable(failure.getErrorMessage())
-        return failure
-
-
-class _Subscriber(txredisapi.SubscriberProtocol):
-    on_message: Callable[[str, bytes], None] | None = None
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        if self.on_message is not None:
-            self.on_message(channel, message)
-
-
-#: Seconds between attempts to reach Redis, at most (from 1 s, growing).
-MAX_RETRY_DELAY = 5.0
-
-
-class _Subscriptions(txredisapi.SubscriberFactory):
-    """The subscriber connection's factory: tells the backplane when it is up or down."""
-
-    protocol = _Subscriber
-    maxDelay = MAX_RETRY_DELAY
-
-    def __init__(self, backplane: RedisBackplane) -> None:
-        super().__init__(isLazy=True)
-        self.backplane = backplane
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.backplane._subscriber_up(conn)
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.backplane._subscriber_down(conn)
-
-
-class _Commands(txredisapi.RedisFactory):
-    """The command connection's factory: tells the backplane when it is up or down."""
-
-    maxDelay = MAX_RETRY_DELAY
-
-    def __init__(self, backplane: RedisBackplane, address: RedisAddress) -> None:
-        super().__init__(
-            str(address),
-            address.db,
-            1,
-            isLazy=True,
-            charset=None,
-            password=address.password,
-            replyTimeout=REPLY_TIMEOUT,
-            # Room names like "123" stay strings.
-            convertNumbers=False,
-            username=address.username,
-        )
-        self.backplane = backplane
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.backplane._commands_up()
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.backplane._commands_down()
-
 
 class RedisBackplane:
-    """Rooms shared by every instance on one Redis.
+    """Rooms shared by every instance on one Redis: the whole `Backplane` protocol.
 
     Args:
         address: Where Redis is.
         keep: How many messages of each room are kept (``--history``).
-        reactor: The reactor (connections and their retries).
+        reactor: The reactor (connections and their retries, heartbeats).
         prefix: Put before every key and channel name.
         ttl: Seconds after its last heartbeat that an instance is taken for dead.
     """
@@ -504,699 +55,147 @@ class RedisBackplane:
         self.reactor = reactor
         self.prefix = prefix
         self.ttl = ttl
-        #: This instance, for the others: random, new at every start.
-        self.instance = os.urandom(6).hex()
-        self.guest_prefix = self.instance[:4] + "-"
-        self._events: BackplaneEvents | None = None
-        # Pub/sub channels are not per database: theirs say which one.
-        self._channels = f"{prefix}{address.db or 0}:"
-        self._notices_channel = f"{self._channels}notices"
-        #: What this instance has in Redis, to put back after an outage.
-        self._claims: dict[str, str] = {}
-        self._memberships: dict[str, dict[str, str]] = {}
-        self._connected_before = False
-        #: Whether a heartbeat reached Redis yet.
-        self._beaten = False
-        #: Whether a PING on the subscriber connection is waiting for its answer.
-        self._pinging = False
-        self._heartbeat = LoopingCall(self._beat)
-        self._heartbeat.clock = reactor
-        self._watches: dict[str, _Watch] = {}
-        self._by_channel: dict[str, str] = {}
-        self._commands = _Commands(self, address)
-        self._subscriptions = _Subscriptions(self)
-        for factory in (self._commands, self._subscriptions):
-            factory.charset = None
-            factory.password = address.password
-            factory.username = address.username
-            factory.dbid = address.db
-        self._subscriber: Any = None
-        self._commands_ready = False
-        self._problem: str | None = f"connecting to Redis at {address}"
-        self._connecting = True
-        self._stopping = False
-        #: Why the last connection attempt failed, if it did.
-        self._why = ""
+        instance = self._instance = os.urandom(6).hex()
+        #: Put in guests' names (``guest-<prefix>7``) so that instances do not collide.
+        self.guest_prefix = instance[:4] + "-"
+        keys = self._keys = Keys(prefix, address.db)
+        connection = self._connection = RedisConnection(address, reactor)
+        self._subscriptions = Subscriptions(connection, keys, instance, keep)
+        self._messages = RedisMessageLog(connection, keys, instance, keep, self._subscriptions)
+        self._control = RedisControl(connection, keys, instance)
+        self._names = RedisNames(connection, keys, instance, self._control.order)
+        self._presence = RedisPresence(connection, keys, instance, ttl, reactor, self._names)
+        self._subscriptions.listen(keys.notices, self._control.received)
+        # When the command connection comes (back), in this order: say this
+        # instance is alive (and put back what Redis lost of it), replay the
+        # kept orders, then the backfills that failed while only the
+        # subscriber was back.
+        connection.when_commands_up(self._presence.commands_up)
+        connection.when_commands_up(self._control.replay_orders)
+        connection.when_commands_up(self._subscriptions.commands_up)
+        connection.when_subscriber_up(self._subscriptions.subscriber_up)
+        connection.when_subscriber_down(self._subscriptions.subscriber_down)
+        connection.receive(self._subscriptions.published)
+
+    @property
+    def instance(self) -> str:
+        """This instance, for the others: random, new at every start (its roles all use it)."""
+        return self._instance
 
     def register(self, events: BackplaneEvents) -> None:
         """Hand every event from now on to `events` (the hub's)."""
-        self._events = events
-
-    # -- connecting --------------------------------------------------------
+        self._subscriptions.events = events
+        self._control.events = events
 
     def start(self) -> None:
         """Connect (and keep reconnecting) both connections; heartbeats."""
-        for factory in (self._commands, self._subscriptions):
-            factory.startConnecting(_Reporting(self.address.endpoint(self.reactor), self))
-        self._heartbeat.start(self.ttl / 3, now=False)
+        self._connection.start()
+        self._presence.start()
 
     def stop(self) -> Deferred[Any]:
         """Leave (members and names go at once, not after `ttl`), then close both connections."""
-        if self._heartbeat.running:
-            self._heartbeat.stop()
-        self._stopping = True
-        gone: Deferred[Any] = defer.succeed(None)
-        if self._commands_ready:
-            # Our members' leaves were published as they closed; the rest goes
-            # as if this instance had died (the script reaps only the dead).
-            self._command("delete", self._instance_key(self.instance)).addErrback(lambda _: None)
-            gone = self._command(
-                "eval",
-                _REAP,
-                [
-                    f"{self.prefix}instances",
-                    self._instance_key(self.instance),
-                    self._instance_key(self.instance, "rooms"),
-                    self._instance_key(self.instance, "names"),
-                    f"{self.prefix}names",
-                ],
-                [self.instance, self.prefix, self._channels],
-            )
-            gone.addErrback(lambda _: None)
-
-        def close(_: Any) -> Deferred[Any]:
-            return defer.gatherResults(
-                [self._commands.disconnect(), self._subscriptions.disconnect()],
-                consumeErrors=True,
-            )
-
-        return gone.addCallback(close)
+        self._presence.stop()
+        return self._connection.close(self._presence.leave)
 
     @property
     def problem(self) -> str | None:
         """Why Redis cannot be used now, or None when it can."""
-        return self._problem
+        return self._connection.problem
 
-    def _commands_up(self) -> None:
-        self._why = ""
-        self._commands_ready = True
-        self._update_status()
-        self._beat()
-        if self._connected_before:
-            self._restore()
-        self._connected_before = True
-        self.replay_orders()
-        # Backfills that failed while only the subscriber was back.
-        if self._subscriber is not None:
-            for room, watch in list(self._watches.items()):
-                if watch.last is not None and watch.waiting is not None:
-                    self._backfill(room, watch)
-
-    def _commands_down(self) -> None:
-        self._commands_ready = False
-        self._update_status()
-
-    def _subscriber_up(self, conn: Any) -> None:
-        self._subscriber = conn
-        conn.on_message = self._published
-        self._update_status()
-        conn.subscribe(self._notices_channel).addErrback(self._subscribe_failed)
-        for room, watch in list(self._watches.items()):
-            if watch.last is None:
-                continue  # its watch() failed with the last connection
-            # One channel per SUBSCRIBE: each has its own confirmation.
-            watch.waiting = []
-            d = conn.subscribe(watch.channel)
-            d.addCallbacks(self._subscribed, self._subscribe_failed, callbackArgs=(room, watch))
-
-    def _subscriber_down(self, conn: Any) -> None:
-        if self._subscriber is conn:
-            self._subscriber = None
-        for watch in self._watches.values():
-            watch.waiting = None  # the next connection backfills from `last`
-        self._update_status()
-
-    def _unreachable(self, why: str) -> None:
-        """A connection attempt failed (they go on, with backoff)."""
-        self._why = why
-        self._connecting = False
-        self._update_status()
-
-    def _update_status(self) -> None:
-        if self._stopping:
-            return
-        if self._commands_ready and self._subscriber is not None:
-            problem = None
-        elif self._connecting:
-            return  # the first connections are not both up yet
-        else:
-            problem = f"cannot reach Redis at {self.address}"
-            if self._why:
-                problem += f": {self._why}"
-        if problem is None:
-            self._connecting = False
-        if problem != self._problem:
-            self._problem = problem
-            if problem is None:
-                _log.info("redis connected address={address}", address=str(self.address))
-            else:
-                _log.warn("redis unavailable: {problem}", problem=problem)
-
-    def _subscribed(self, _: object, room: str, watch: _Watch) -> None:
-        if self._watches.get(room) is watch:
-            self._backfill(room, watch)
-
-    def _subscribe_failed(self, failure: Failure) -> None:
-        # The connection went again: the next one subscribes.
-        _log.warn("redis subscribe failed: {why}", why=failure.getErrorMessage())
-
-    # -- commands ----------------------------------------------------------
-
-    def _key(self, room: str, what: str) -> str:
-        return f"{self.prefix}room:{room}:{what}"
-
-    def _channel(self, room: str) -> str:
-        return f"{self._channels}room:{room}"
-
-    def _command(self, name: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        """Run a command now, or fail with `Unavailable` at once if Redis is not there."""
-        if not self._commands_ready:
-            return defer.fail(Unavailable(f"cannot reach Redis at {self.address}"))
-        d: Deferred[Any] = getattr(self._commands.handler, name)(*args, **kwargs)
-        return d.addErrback(self._unavailable)
-
-    def _unavailable(self, failure: Failure) -> Failure:
-        if failure.check(txredisapi.ResponseError) and not str(failure.value).startswith(
-            _NOT_READY
-        ):
-            return failure  # a bug of ours, not an outage: keep its message
-        raise Unavailable(f"Redis did not answer: {failure.getErrorMessage()}")
+    # -- the message log -----------------------------------------------------
 
     def store(
         self, room: str, username: str, message: str, time: str, user: str | None = None
     ) -> Deferred[StoredMessage]:
-        keys = [
-            f"{self.prefix}ids",
-            self._key(room, "log"),
-            self._key(room, "marks"),
-            self._channel(room),
-            f"{self.prefix}rooms",
-        ]
-        args = [self.keep, room, _message_json(room, username, message, time, user)]
-        d = self._command("eval", _STORE, keys, args)
-        return d.addCallback(lambda id: StoredMessage(int(id), room, username, message, time, user))
+        """Number, keep and pass on a message; fires once it is kept."""
+        return self._messages.store(room, username, message, time, user)
 
     def delete(self, room: str, message_id: int, by: str) -> Deferred[bool]:
-        event = _event(
-            {
-                "event": "delete",
-                "room": room,
-                "member": self._member(0),
-                "id": message_id,
-                "name": by,
-            }
-        )
-        keys = [self._key(room, "log"), self._channel(room)]
-        d = self._command("eval", _DELETE, keys, [message_id, event])
-        return d.addCallback(lambda n: int(n) > 0)
+        """Remove a kept message (True if it was kept); other instances hear a `Deletion`."""
+        return self._messages.delete(room, message_id, by)
+
+    def watch(self, room: str) -> Deferred[Watched]:
+        """Pass on `room`'s messages and presence from now on; fires with the position."""
+        return self._messages.watch(room)
+
+    def unwatch(self, room: str) -> None:
+        """Stop passing on `room`'s messages."""
+        self._messages.unwatch(room)
 
     def recent(
         self, room: str, limit: int = JOIN_HISTORY, up_to: int | None = None
     ) -> Deferred[list[StoredMessage]]:
-        if limit <= 0:
-            return defer.succeed([])
-        top = f"{up_to}-0" if up_to is not None else "+"
-        d = self._command(
-            "execute_command", "XREVRANGE", self._key(room, "log"), top, "-", "COUNT", limit
-        )
-        return d.addCallback(lambda entries: _entries(entries)[::-1])
+        """The last `limit` kept messages of `room` (up to id `up_to`), oldest first."""
+        return self._messages.recent(room, limit, up_to)
 
     def since(
         self, room: str, since_id: int, limit: int = JOIN_HISTORY
     ) -> Deferred[tuple[list[StoredMessage], bool]]:
-        keys = [self._key(room, "log"), self._key(room, "marks")]
-        d = self._command("eval", _SINCE, keys, [since_id, max(limit, 0)])
-
-        def answered(reply: list[Any]) -> tuple[list[StoredMessage], bool]:
-            recovered, entries = reply
-            if recovered:
-                return _entries(entries), True
-            return (_entries(entries)[::-1] if limit > 0 else []), False
-
-        return d.addCallback(answered)
+        """What a client that last saw `since_id` missed, and whether that is all."""
+        return self._messages.since(room, since_id, limit)
 
     def rooms(self) -> Deferred[list[str]]:
-        d = self._command("smembers", f"{self.prefix}rooms")
-        return d.addCallback(lambda names: sorted(n.decode() for n in names))
+        """The rooms that have kept messages, sorted."""
+        return self._messages.rooms()
 
-    # -- presence ------------------------------------------------------------
-
-    def _instance_key(self, instance: str, what: str = "") -> str:
-        return f"{self.prefix}instance:{instance}" + (f":{what}" if what else "")
-
-    def _member(self, conn_id: int) -> str:
-        return f"{self.instance}:{conn_id}"
-
-    def _quietly(self, d: Deferred[Any], what: str) -> None:
-        # Presence is best effort while Redis is away: `_restore` puts back
-        # what this instance has when it returns.
-        d.addErrback(
-            lambda failure: _log.debug("redis {what} failed: {why}", what=what, why=failure)
-        )
-
-    def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
-        folded = name.casefold()
-        if user is not None:
-            owner = f"user:{user}"
-            d = self._command("eval", _CLAIM_USER, [f"{self.prefix}names"], [folded, owner])
-
-            def answered_user(reply: Any) -> bool:
-                if isinstance(reply, bytes | str):
-                    # A guest (of any instance) had it: its instance renames it.
-                    self.order(Displacement(name))
-                    return True
-                return bool(int(reply))
-
-            return d.addCallback(answered_user)
-        member = self._member(conn_id)
-        keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
-        d = self._command("eval", _CLAIM, keys, [folded, member])
-
-        def answered(taken: Any) -> bool:
-            if int(taken):
-                self._claims[folded] = member
-                return True
-            return False
-
-        return d.addCallback(answered)
-
-    def holder(self, name: str) -> Deferred[str | None]:
-        d = self._command("hget", f"{self.prefix}names", name.casefold())
-
-        def answered(holder: Any) -> str | None:
-            text = _text(holder) if holder is not None else ""
-            return text[5:] if text.startswith("user:") else None
-
-        return d.addCallback(answered)
-
-    def converse(self, user: str, room: str, other: str) -> None:
-        key = f"{self.prefix}user:{user}:directs"
-        self._quietly(self._command("hset", key, room, other), "converse")
-
-    def conversations(self, user: str) -> Deferred[dict[str, str]]:
-        d = self._command("hgetall", f"{self.prefix}user:{user}:directs")
-        return d.addCallback(lambda kept: {_text(r): _text(o) for r, o in kept.items()})
-
-    def release(self, name: str, conn_id: int) -> None:
-        folded, member = name.casefold(), self._member(conn_id)
-        if self._claims.get(folded) == member:
-            del self._claims[folded]
-        if self._commands_ready:
-            d = self._command("eval", _RELEASE, [f"{self.prefix}names"], [folded, member])
-            self._quietly(d, "release")
+    # -- presence --------------------------------------------------------------
 
     def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
-        member = self._member(conn_id)
-        value = _member_value(name, user)
-        self._memberships.setdefault(room, {})[member] = value
-        self._publish_join(room, member, value, always=True)
-
-    def _publish_join(self, room: str, member: str, name: str, always: bool) -> None:
-        if not self._commands_ready:
-            return
-        event = _event({"event": "join", "room": room, "member": member, "name": name})
-        keys = [
-            self._key(room, "members"),
-            self._channel(room),
-            self._instance_key(self.instance, "rooms"),
-        ]
-        d = self._command("eval", _JOIN, keys, [member, name, event, room, "1" if always else "0"])
-        self._quietly(d, "join")
+        """A member here joined `room`."""
+        self._presence.joined(room, conn_id, name, user)
 
     def left(self, room: str, conn_id: int, name: str) -> None:
-        member = self._member(conn_id)
-        members = self._memberships.get(room)
-        if members is not None:
-            members.pop(member, None)
-            if not members:
-                del self._memberships[room]
-        if not self._commands_ready:
-            return
-        event = _event({"event": "leave", "room": room, "member": member, "name": name})
-        keys = [self._key(room, "members"), self._channel(room)]
-        self._quietly(self._command("eval", _LEAVE, keys, [member, event]), "leave")
+        """A member here left `room` (or closed)."""
+        self._presence.left(room, conn_id, name)
 
     def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
-        member = self._member(conn_id)
-        for room in rooms:
-            members = self._memberships.get(room)
-            if members is not None and member in members:
-                members[member] = new
-        if not self._commands_ready:
-            return
-        for room in rooms:
-            event = _event(
-                {
-                    "event": "nick",
-                    "room": room,
-                    "member": member,
-                    "name": new,
-                    "old": old,
-                    "rooms": list(rooms),
-                }
-            )
-            keys = [self._key(room, "members"), self._channel(room)]
-            self._quietly(self._command("eval", _RENAME, keys, [member, new, event]), "rename")
+        """A member here is now `new` in `rooms`."""
+        self._presence.renamed(rooms, conn_id, old, new)
 
     def typing(self, room: str, conn_id: int, name: str) -> None:
-        if not self._commands_ready:
-            return
-        member = self._member(conn_id)
-        event = _event({"event": "typing", "room": room, "member": member, "name": name})
-        self._quietly(self._command("publish", self._channel(room), event), "typing")
+        """A member here is typing in `room`."""
+        self._presence.typing(room, conn_id, name)
 
     def members(self, room: str) -> Deferred[list[str]]:
-        d = self._command("hvals", self._key(room, "members"))
-        return d.addCallback(lambda names: [_text(n).partition(_USER_MARK)[0] for n in names])
+        """The names of `room`'s members, as Redis has them."""
+        return self._presence.members(room)
 
-    def order(self, order: Order) -> None:
-        fields = order_fields(order)
-        if not self._commands_ready:
-            _log.warn("redis unavailable: {kind} reached this instance only", kind=fields["kind"])
-            return
-        payload = _event({"instance": self.instance, "order": fields})
-        self._quietly(self._command("publish", self._notices_channel, payload), "order")
+    # -- names -----------------------------------------------------------------
 
-    def keep_order(self, order: ModerationOrder) -> None:
-        key = order.key
-        if (order.until or 0) > time.time():
-            d = self._command("hset", f"{self.prefix}orders", key, order_json(order))
-        else:
-            d = self._command("hdel", f"{self.prefix}orders", key)
-        d.addErrback(
-            lambda failure: _log.warn(
-                "redis: the order {key} could not be kept: {why}",
-                key=key,
-                why=failure.getErrorMessage(),
-            )
-        )
+    def claim(self, name: str, conn_id: int, user: str | None = None) -> Deferred[bool]:
+        """Take `name` (any case) for `conn_id`, or for `user` for good; False if someone has it."""
+        return self._names.claim(name, conn_id, user)
 
-    def replay_orders(self) -> None:
-        if not self._commands_ready:
-            return  # done when the connection comes
+    def holder(self, name: str) -> Deferred[str | None]:
+        """The user id whose name `name` is, if an identified user claimed it."""
+        return self._names.holder(name)
 
-        def replay(kept: dict[Any, Any]) -> None:
-            now = time.time()
-            for key, body in kept.items():
-                order = parse_order(json.loads(body), replayed=True)
-                if not isinstance(order, ModerationOrder) or (order.until or 0) <= now:
-                    self._quietly(self._command("hdel", f"{self.prefix}orders", key), "hdel")
-                elif self._events is not None:
-                    self._events.on_order(order)
+    def release(self, name: str, conn_id: int) -> None:
+        """Give back a name `conn_id` claimed."""
+        self._names.release(name, conn_id)
 
-        d = self._command("hgetall", f"{self.prefix}orders").addCallback(replay)
-        self._quietly(d, "replay orders")
+    def converse(self, user: str, room: str, other: str) -> None:
+        """Remember that user `user` has the direct conversation `room` with `other` (a name)."""
+        self._names.converse(user, room, other)
+
+    def conversations(self, user: str) -> Deferred[dict[str, str]]:
+        """User `user`'s direct conversations: room -> the other's name."""
+        return self._names.conversations(user)
+
+    # -- the control bus ---------------------------------------------------------
 
     def announce(self, notice: Notice) -> None:
-        if not self._commands_ready:
-            _log.warn("redis unavailable: the announcement reached this instance only")
-            return
-        payload = _event(
-            {"instance": self.instance, "message": notice.message, "time": notice.time}
-        )
-        self._quietly(self._command("publish", self._notices_channel, payload), "announce")
+        """Have every other instance tell all its connections `notice`."""
+        self._control.announce(notice)
 
-    def _restore(self) -> None:
-        """Put back this instance's names and members (after an outage, or being reaped)."""
-        for folded, member in list(self._claims.items()):
-            keys = [f"{self.prefix}names", self._instance_key(self.instance, "names")]
-            d = self._command("eval", _CLAIM, keys, [folded, member])
+    def order(self, order: Order) -> None:
+        """Hand `order` to every other instance."""
+        self._control.order(order)
 
-            def checked(taken: Any, folded: str = folded) -> None:
-                if not int(taken):
-                    _log.warn(
-                        "redis: the name {name!r} was taken elsewhere while Redis was away",
-                        name=folded,
-                    )
+    def keep_order(self, order: ModerationOrder) -> None:
+        """Keep `order` until it ends (an order that has ended forgets its key)."""
+        self._control.keep_order(order)
 
-            d.addCallback(checked)
-            self._quietly(d, "claim")
-        for room, members in list(self._memberships.items()):
-            for member, name in list(members.items()):
-                self._publish_join(room, member, name, always=False)
-
-    def _beat(self) -> None:
-        """Say this instance is alive; take out the members of those that are not."""
-        self._ping_subscriber()
-        if not self._commands_ready:
-            return
-        keys = [f"{self.prefix}instances", self._instance_key(self.instance)]
-        d = self._command("eval", _HEARTBEAT, keys, [self.instance, int(self.ttl * 1000)])
-
-        def beaten(new: Any) -> Deferred[Any]:
-            if int(new) and self._beaten and (self._claims or self._memberships):
-                _log.warn("redis: this instance was taken for dead; putting its members back")
-                self._restore()
-            self._beaten = True
-            return self._command("smembers", f"{self.prefix}instances")
-
-        def reap(instances: Any) -> None:
-            for other in instances:
-                other = _text(other)
-                if other == self.instance:
-                    continue
-                keys = [
-                    f"{self.prefix}instances",
-                    self._instance_key(other),
-                    self._instance_key(other, "rooms"),
-                    self._instance_key(other, "names"),
-                    f"{self.prefix}names",
-                ]
-                d = self._command("eval", _REAP, keys, [other, self.prefix, self._channels])
-                d.addCallback(self._reaped, other)
-                self._quietly(d, "reap")
-
-        d.addCallback(beaten).addCallback(reap)
-        self._quietly(d, "heartbeat")
-
-    def _ping_subscriber(self) -> None:
-        """Drop the subscriber connection if Redis does not answer a PING on it in time.
-
-        A subscription is silent when no message comes: a connection that died
-        without a word (a lost NAT entry, a Redis failover behind a virtual
-        address) would look the same, and its rooms would get nothing, for
-        good.  Dropped, it comes back, subscribes again and backfills.
-        """
-        subscriber = self._subscriber
-        if subscriber is None or self._pinging:
-            return
-        self._pinging = True
-
-        def silent() -> None:
-            _log.warn(
-                "redis: no answer on the subscriber connection within {timeout} s; reconnecting",
-                timeout=REPLY_TIMEOUT,
-            )
-            subscriber.transport.abortConnection()
-
-        timer = self.reactor.callLater(REPLY_TIMEOUT, silent)
-
-        def answered(_: Any) -> None:
-            self._pinging = False
-            if timer.active():
-                timer.cancel()
-
-        subscriber.ping().addBoth(answered)
-
-    def _reaped(self, done: Any, instance: str) -> None:
-        if int(done):
-            _log.info(
-                "redis: instance {instance} stopped sending heartbeats; its members left",
-                instance=instance,
-            )
-
-    # -- watching rooms ----------------------------------------------------
-
-    def watch(self, room: str) -> Deferred[Watched]:
-        watch = self._watches.get(room)
-        if self._subscriber is None:
-            return defer.fail(Unavailable(f"cannot reach Redis at {self.address}"))
-        if watch is not None and watch.last is not None:
-            last = watch.last
-            d = self._command(
-                "eval", _WATCH, [self._key(room, "marks"), self._key(room, "members")]
-            )
-            return d.addCallback(lambda reply: self._watched(last, self._others(reply[1])))
-        caller: Deferred[Watched] = Deferred()
-        if watch is None:
-            watch = self._watches[room] = _Watch(self._channel(room))
-            self._by_channel[watch.channel] = room
-            watch.callers.append(caller)
-            self._locate(room, watch)
-        else:
-            watch.callers.append(caller)  # its position is on the way
-        return caller
-
-    def _locate(self, room: str, watch: _Watch) -> None:
-        """Subscribe, then read the position: what is published after it comes live."""
-        watch.waiting = []
-        d = self._subscriber.subscribe(watch.channel)
-        keys = [self._key(room, "marks"), self._key(room, "members")]
-        d.addCallback(lambda _: self._command("eval", _WATCH, keys))
-
-        def positioned(reply: list[Any]) -> None:
-            if self._watches.get(room) is not watch:
-                return
-            watched = self._watched(int(reply[0]), self._others(reply[1]))
-            watch.last = watched.position
-            # The members then, and what came since (joins and leaves again
-            # of members already counted are harmless).
-            callers, watch.callers = watch.callers, []
-            for caller in callers:
-                caller.callback(watched)
-            self._release(room, watch)
-
-        def failed(failure: Failure) -> None:
-            if self._watches.get(room) is not watch:
-                return
-            self.unwatch(room)
-            why = failure.value if failure.check(Unavailable) else None
-            error = why or Unavailable(f"Redis did not answer: {failure.getErrorMessage()}")
-            callers, watch.callers = watch.callers, []
-            for caller in callers:
-                caller.errback(error)
-
-        d.addCallbacks(positioned, failed)
-
-    def unwatch(self, room: str) -> None:
-        watch = self._watches.pop(room, None)
-        if watch is None:
-            return
-        del self._by_channel[watch.channel]
-        if self._subscriber is not None:
-            self._subscriber.unsubscribe(watch.channel).addErrback(lambda _: None)
-
-    def _others(self, flat: list[Any]) -> dict[str, str]:
-        """The members of other instances, from a members hash (names with user marks)."""
-        mine = self.instance + ":"
-        return {m: n for m, n in _pairs(flat).items() if not m.startswith(mine)}
-
-    @staticmethod
-    def _watched(position: int, others: dict[str, str]) -> Watched:
-        members, users = {}, {}
-        for member, value in others.items():
-            name, _, user = value.partition(_USER_MARK)
-            members[member] = name
-            if user:
-                users[member] = user
-        return Watched(position, members, users)
-
-    def _published(self, channel: Any, payload: Any) -> None:
-        if isinstance(channel, bytes):
-            channel = channel.decode()
-        if channel == self._notices_channel:
-            notice = json.loads(payload)
-            if notice.get("instance") == self.instance or self._events is None:
-                return
-            if "order" in notice:
-                order = parse_order(notice["order"])
-                if order is None:
-                    _log.warn("ignored an order of unknown kind {order!r}", order=notice["order"])
-                else:
-                    self._events.on_order(order)
-            else:
-                self._events.on_notice(Notice(notice["message"], notice["time"]))
-            return
-        room = self._by_channel.get(channel)
-        if room is None:
-            return  # unwatched meanwhile
-        watch = self._watches[room]
-        item: StoredMessage | Presence | Deletion
-        try:
-            fields = json.loads(payload)
-            # (Presence events name their "event"; a reaper's come from Lua's
-            # cjson, whose keys are in no particular order.)
-            if "event" in fields and str(fields.get("member", "")).startswith(self.instance + ":"):
-                return  # our own: the hub knows
-            item = _presence(fields) if "event" in fields else _message(fields)
-        except (ValueError, KeyError, TypeError):
-            _log.warn(
-                "redis: ignored what is not an event on {channel}: {payload!r}",
-                channel=channel,
-                payload=payload[:200],
-            )
-            return
-        if watch.waiting is not None:
-            watch.waiting.append(item)
-        else:
-            self._pass_on(watch, item)
-
-    def _pass_on(self, watch: _Watch, message: StoredMessage | Presence | Deletion) -> None:
-        events = self._events
-        if isinstance(message, Presence):
-            if events is not None:
-                events.on_presence(message)
-            return
-        if isinstance(message, Deletion):
-            if events is not None:
-                events.on_deletion(message)
-            return
-        if watch.last is not None and message.id <= watch.last:
-            return  # had it already (a backfill overlapping the live messages)
-        watch.last = message.id
-        if events is not None:
-            events.on_message(message)
-
-    def _release(self, room: str, watch: _Watch) -> None:
-        """Pass on the live messages that waited for a position or backfill."""
-        waiting, watch.waiting = watch.waiting or [], None
-        for message in waiting:
-            if self._watches.get(room) is not watch:
-                return
-            self._pass_on(watch, message)
-
-    def _backfill(self, room: str, watch: _Watch) -> None:
-        """After a reconnect: what the stream kept after `watch.last`, then the waiting."""
-        last = watch.last
-        assert last is not None
-        keys = [self._key(room, "log"), self._key(room, "marks"), self._key(room, "members")]
-        d = self._command("eval", _BACKFILL, keys, [last])
-
-        def read(reply: list[Any]) -> None:
-            if self._watches.get(room) is not watch or watch.waiting is None:
-                return
-            newest, pruned, entries = int(reply[0]), int(reply[1]), _entries(reply[2])
-            if newest < last:
-                # Redis lost its data (restarted without persistence): its ids
-                # start again, and they must not be taken for old ones.
-                _log.warn(
-                    "redis forgot room={room}: its newest id is {newest}, "
-                    "{last} was passed on; see README, Scaling out",
-                    room=room,
-                    newest=newest,
-                    last=last,
-                )
-                watch.last = 0
-            elif pruned > last:
-                _log.warn(
-                    "redis backfill room={room}: messages after {last} up to {pruned} "
-                    "were no longer kept (--history {keep}); its members missed them",
-                    room=room,
-                    last=last,
-                    pruned=pruned,
-                    keep=self.keep,
-                )
-            elif entries:
-                _log.info(
-                    "redis backfill room={room} messages={n} after={last}",
-                    room=room,
-                    n=len(entries),
-                    last=last,
-                )
-            for message in entries:
-                self._pass_on(watch, message)
-            # Presence events were lost with the connection: who is there now.
-            now = self._watched(0, self._others(reply[3]))
-            self._pass_on(watch, Presence("members", room, members=now.members))
-            self._release(room, watch)
-
-        def failed(failure: Failure) -> None:
-            # Live messages keep waiting; the command connection's return
-            # (or the next subscriber connection) starts the backfill again.
-            _log.warn(
-                "redis backfill room={room} failed: {why}",
-                room=room,
-                why=failure.getErrorMessage(),
-            )
-
-        d.addCallbacks(read, failed)
+    def replay_orders(self) -> None:
+        """Hand the kept orders in force to the events' `on_order`, ``replayed``."""
+        self._control.replay_orders()
