@@ -1,6 +1,6 @@
 """Which Redis client for the backplane: measured from inside a Twisted process.
 
-The backplane (issue 10) needs three things from a Redis client, and the
+The Redis backplane needs three things from a Redis client, and the
 reactor must never block on any of them:
 
 - a round trip: one room message is one script call (store, number, publish)

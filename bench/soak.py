@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak under faults (issue 13): load and faults at once, then a checker.
+"""Soak under faults: load and faults at once, then a checker.
 
     .venv/bin/python bench/soak.py --topology single --minutes 1
     .venv/bin/python bench/soak.py --topology redis --minutes 10 --seed 7

@@ -22,7 +22,7 @@ is measured at every speaker: join and leave traffic must not
 hold up the chat.  Reported per storm: ``join_s`` (start until the last member
 has joined), ``server_cpu_s`` (the server's CPU over the same time),
 ``bytes_received`` (everything the members got), speaker message latency
-p50/p99/max, and errors.  Targets (issue 9): one room of 10,000 joined within
+p50/p99/max, and errors.  Targets: one room of 10,000 joined within
 10 s, at most 3x the time of rooms of 100, p99 latency <= 1 s during every
 storm.
 
@@ -71,7 +71,7 @@ from _common import (
 LOADGEN = BENCH_DIR / "storm_loadgen.mjs"
 ROOM_SIZE = 100
 PER_ADDRESS = 90
-#: Targets of issue 9.
+#: Targets: what a deploy's reconnect storm may cost.
 TARGET_ONE_ROOM_S = 10.0
 TARGET_RATIO = 3.0
 TARGET_P99_MS = 1000.0

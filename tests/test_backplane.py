@@ -30,6 +30,7 @@ from chatservice.backplane.roles import Backplane
 from chatservice.backplane.values import (
     Deletion,
     ModerationOrder,
+    Notice,
     Presence,
     Unavailable,
 )
@@ -309,6 +310,31 @@ async def test_presence_events_in_any_key_order_and_junk_on_a_channel(
         assert backplane.problem is None
     finally:
         await backplane.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_junk_on_the_notices_channel_or_a_json_string_on_a_room_is_ignored(
+    redis_server: RedisServer, log_events: list[dict[str, Any]]
+) -> None:
+    """What another program publishes where instances talk is skipped with a warning;
+    announcements and room messages after it still come through."""
+    one, two = await redis_backplane(redis_server), await redis_backplane(redis_server)
+    try:
+        heard = hear(two)
+        await two.watch("r")
+        junk = ("not json", "[1]", '"an event"', '{"instance": "x"}', '{"message": 1}')
+        for payload in junk:
+            for channel in (two._keys.notices, two._keys.channel("r")):
+                assert redis_server.command("PUBLISH", channel, json.dumps(payload)) is not None
+        one.announce(Notice("still here", T0))
+        stored = await one.store("r", "alice", "after", T0)
+        await wait_until(lambda: bool(heard.notices and heard.messages))
+        assert heard.notices == [Notice("still here", T0)]
+        assert heard.messages == [stored]
+        assert two.problem is None
+        assert not [e for e in log_events if e.get("log_failure")]
+    finally:
+        await gatherResults([one.stop(), two.stop()])
 
 
 @pytest_twisted.ensureDeferred

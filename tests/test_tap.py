@@ -137,7 +137,7 @@ def test_bad_values_give_one_line_and_exit_2(
     assert expected in err
 
 
-# --auth and friends (issue 12).
+# --auth and friends (docs/protocol.md, "Identity").
 
 
 def rsa_public_pem() -> str:

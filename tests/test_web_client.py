@@ -666,7 +666,7 @@ def test_screenshot_of_the_main_view(
 
 
 # Identities (sign-in links), private rooms, direct messages, moderation
-# (docs/protocol.md "Identity"; the design in issue 12).
+# (docs/protocol.md "Identity").
 
 #: The service's HS256 secret in these tests (32 bytes or more: no weak-key warning).
 SECRET = "web-client-test-secret-0123456789abcdef"

@@ -168,6 +168,8 @@ def room_item(payload: bytes | str, instance: str) -> StoredMessage | Presence |
         ValueError, KeyError, TypeError: It is neither a message nor an event.
     """
     fields = json.loads(payload)
+    if not isinstance(fields, dict):
+        raise TypeError("not a JSON object")
     # (Presence events name their "event"; a reaper's come from Lua's
     # cjson, whose keys are in no particular order.)
     if "event" in fields and of_instance(fields.get("member", ""), instance):

@@ -105,8 +105,19 @@ class RedisControl:
 
     def received(self, payload: Any) -> None:
         """What came on the notices channel: another instance's announcement or order."""
-        notice = json.loads(payload)
-        if notice.get("instance") == self._instance or self.events is None:
+        try:
+            notice = json.loads(payload)
+            if not isinstance(notice, dict):
+                raise TypeError("not a JSON object")
+            if notice.get("instance") == self._instance or self.events is None:
+                return
+            if "order" not in notice:
+                announced = Notice(str(notice["message"]), str(notice["time"]))
+        except (ValueError, KeyError, TypeError):
+            _log.warn(
+                "redis: ignored what is not a notice or an order: {payload!r}",
+                payload=payload[:200],
+            )
             return
         if "order" in notice:
             order = parse_order(notice["order"])
@@ -115,4 +126,4 @@ class RedisControl:
             else:
                 self.events.on_order(order)
         else:
-            self.events.on_notice(Notice(notice["message"], notice["time"]))
+            self.events.on_notice(announced)
