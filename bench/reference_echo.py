@@ -1,7 +1,7 @@
 """A minimal Autobahn echo server: the reference the echo benchmark compares with.
 
 No Site, no logging, no options beyond the protocol options chatservice's
-``/echo`` sets that matter on the wire (see `chatservice.protocol`): what
+``/echo`` sets that matter on the wire (see `chatservice.web.endpoint`): what
 Autobahn itself costs.  It listens on 127.0.0.1 on a free port, prints
 ``port=N`` on stdout once listening, and runs until it is terminated.
 

@@ -35,8 +35,8 @@ from chatservice.chat.policy import OriginPolicy
 from chatservice.config import Config
 from chatservice.counters import Counters
 from chatservice.systemd import Notifier
+from chatservice.web.endpoint import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.web.frames import TextFrame
-from chatservice.web.protocol import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.web.site import ChatSite, make_site
 from chatservice.workers.listening import (
     AnnouncingEndpoint,

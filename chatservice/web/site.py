@@ -26,8 +26,10 @@ from chatservice.config import Config
 from chatservice.counters import Counters
 from chatservice.web.api import Api, Health
 from chatservice.web.channel import ChatChannel, access_log_formatter, without_token
+from chatservice.web.chat import ChatFactory
+from chatservice.web.echo import echo_factory
+from chatservice.web.endpoint import EndpointFactory
 from chatservice.web.metrics import Metrics, MetricsPage, SummedCollector
-from chatservice.web.protocol import ChatFactory, EndpointFactory, echo_factory
 from chatservice.workers.scoreboard import CONFIGURED, OPEN, UP, Scoreboard, SharedConnectionLimits
 
 _NOT_FOUND = notFound()
