@@ -27,6 +27,7 @@ from chatservice.chat.hub import JOIN_HISTORY, Hub, iso_time
 from chatservice.chat.identity import DM_PREFIX, AuthError, AuthPolicy, Identity
 from chatservice.chat.messages import ProtocolError, check_room, clean_username, parse_moderation
 from chatservice.chat.presence import Roster
+from chatservice.web import internals
 
 _log = logs.logger("chatservice.api")
 
@@ -162,7 +163,7 @@ class Api(Resource):
         return _json(request, 200, result)
 
     def _finish(self, request: Request, status: int, body: object) -> None:
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not internals.request_gone(request):
             request.write(_json(request, status, body))
             request.finish()
 

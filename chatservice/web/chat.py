@@ -12,10 +12,7 @@ import socket
 import time
 from typing import Any
 
-from autobahn.websocket.compress import PerMessageDeflate
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
@@ -35,6 +32,7 @@ from chatservice.chat.messages import (
 from chatservice.chat.policy import Limits
 from chatservice.config import Config
 from chatservice.counters import Counters
+from chatservice.web import internals
 from chatservice.web.endpoint import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY,
@@ -50,7 +48,7 @@ from chatservice.web.frames import TextFrame
 # namespace is the one of every endpoint's events (see `logs.logger`).
 _log = logs.logger("chatservice.protocol")
 
-_OPEN = WebSocketProtocol.STATE_OPEN
+_OPEN = internals.STATE_OPEN
 
 
 JSON_SUBPROTOCOLS = ("chat.v1.json", "beej-chat-protocol")
@@ -99,14 +97,16 @@ class ChatProtocol(ServerProtocol):
 
     def opened(self) -> None:
         self.become_producer()
-        transport = self.transport
-        if type(transport) is tcp.Server:
+        # Set only when not the class's default: an idle connection is mostly
+        # its attributes (see `ServerProtocol._slim`).
+        sock = internals.plain_tcp_socket(self.transport)
+        if sock is not None:
             # A plain TCP connection (not TLS, nor a Unix socket) may be sent
             # to directly, see flush().
-            self._socket = transport.socket
-        deflate = self._perMessageCompress
-        if isinstance(deflate, PerMessageDeflate) and deflate.server_no_context_takeover:
-            self._deflate_bits = deflate.server_max_window_bits
+            self._socket = sock
+        bits = internals.shared_deflate_window(self)
+        if bits:
+            self._deflate_bits = bits
         hub = self.factory.hub
         self.session = hub.connect(self)
         token, self._token = self._token, None
@@ -206,6 +206,8 @@ class ChatProtocol(ServerProtocol):
         data = pending
         transport: Any = self.transport
         sock = self._socket
+        # Nothing waits in Twisted's write buffer (`internals.buffered`, its
+        # attributes read here directly: this runs for every connection).
         if (
             sock is not None
             and not transport._tempDataLen
@@ -232,7 +234,7 @@ class ChatProtocol(ServerProtocol):
 
     def pauseProducing(self) -> None:
         self._paused = True
-        self._unsent = _transport_buffered(self.transport)
+        self._unsent = internals.buffered(self.transport)
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -258,14 +260,6 @@ def _loggable(payload: bytes) -> bytes:
     if b'"chat-auth"' in payload or payload[:5].lower() == b"/auth":
         return b"(chat-auth: the token is not logged)"
     return payload[:200]
-
-
-def _transport_buffered(transport: Any) -> int:
-    """Bytes waiting in a Twisted TCP transport's buffer (0 if it does not say)."""
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except (AttributeError, TypeError):
-        return 0
 
 
 #: A flush that took this long (seconds) makes the next wait: see `Outbox`.

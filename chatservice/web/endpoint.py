@@ -21,7 +21,6 @@ from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 
 from chatservice import __version__, logs
@@ -34,7 +33,7 @@ from chatservice.counters import (
     REJECT_SUBPROTOCOL,
     Counters,
 )
-from chatservice.web import masking, quiet
+from chatservice.web import internals, masking, quiet
 
 # Autobahn's protocol classes own `self.log`; ours is module level.  The
 # namespace is the one of every endpoint's events (see `logs.logger`).
@@ -51,8 +50,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
-_OPEN = WebSocketProtocol.STATE_OPEN
-_CLOSING = WebSocketProtocol.STATE_CLOSING
+_OPEN = internals.STATE_OPEN
+_CLOSING = internals.STATE_CLOSING
 #: How many close handshake timeouts (1 s each) in a row we wait for the close
 #: frame of a peer that is still sending (see `ServerProtocol.onCloseHandshakeTimeout`).
 CLOSING_WAITS = 10
@@ -95,7 +94,7 @@ class _NoServerContextAccept(PerMessageDeflateOfferAccept):
 
     def get_extension_string(self) -> str:
         extension: str = super().get_extension_string()
-        if not self.offer.request_no_context_takeover:
+        if not internals.asked_no_context_takeover(self):
             extension += "; server_no_context_takeover"
         return extension
 
@@ -148,23 +147,6 @@ class ServerProtocol(WebSocketServerProtocol):
     _path = ""
     _counted_address: str | None = None
 
-    #: What only the opening handshake needs; dropped once open (see `_slim`),
-    #: with None left as a class-level default (set below the class).
-    _HANDSHAKE_ONLY = (
-        "http_headers",
-        "http_request_data",
-        "http_response_data",
-        "http_status_line",
-        "http_request_params",
-        "http_request_uri",
-        "http_request_path",
-        "http_request_host",
-        "websocket_protocols",
-        "websocket_extensions",
-        "websocket_origin",
-        "_wskey",
-    )
-
     def connectionMade(self) -> None:
         self.conn_id = self.factory.next_connection_id()
         super().connectionMade()
@@ -173,7 +155,7 @@ class ServerProtocol(WebSocketServerProtocol):
         # (`EndpointFactory`), so the copies go.
         own = self.__dict__
         cls = type(self)
-        for name in self.CONFIG_ATTRS:
+        for name in internals.protocol_options(cls):
             if name in own and getattr(cls, name, own) is own[name]:
                 del own[name]
 
@@ -181,7 +163,8 @@ class ServerProtocol(WebSocketServerProtocol):
         # Autobahn cuts every frame's header and payload off the front of its
         # receive buffer, copying what follows each time: many small frames in
         # one 64 KiB read cost a quadratic amount of copying.  Pieces bound it.
-        # (Calling _dataReceived also skips formatting a debug line per read.)
+        # (Calling _dataReceived also skips formatting a debug line per read.
+        # It is an internal, called directly here: every read goes through it.)
         if self.state == _CLOSING:
             self._received_while_closing += len(data)
         if len(data) <= _RECEIVE_PIECE:
@@ -193,9 +176,9 @@ class ServerProtocol(WebSocketServerProtocol):
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
     ) -> None:
-        before = self.closeHandshakeTimeoutCall
+        before = internals.close_timer(self)
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
-        timeout = self.closeHandshakeTimeoutCall
+        timeout = internals.close_timer(self)
         if timeout is not None and timeout is not before:
             # Autobahn's timer puts the call in a bucket of whole seconds
             # (txaio's batched timer truncates `now + delay`): a 1 s timeout
@@ -226,10 +209,9 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def _wait_for_close_reply(self) -> None:
         """Time out the closing handshake in `closeHandshakeTimeout` seconds."""
-        delay: float = self.closeHandshakeTimeout  # type: ignore[attr-defined]
-        self.closeHandshakeTimeoutCall = txaio.call_later(  # type: ignore[attr-defined]
-            delay, self.onCloseHandshakeTimeout
-        )
+        delay = internals.close_timeout(self)
+        call = txaio.call_later(delay, self.onCloseHandshakeTimeout)  # type: ignore[attr-defined]
+        internals.set_close_timer(self, call)
 
     def _slim(self) -> None:
         """Drop what only the handshake needed, and compact what is left.
@@ -238,7 +220,7 @@ class ServerProtocol(WebSocketServerProtocol):
         connections every KiB counts (see bench/broadcast_bench.py).
         """
         own = self.__dict__
-        for name in self._HANDSHAKE_ONLY:
+        for name in internals.HANDSHAKE_ONLY:
             own.pop(name, None)
         self.__dict__ = dict(own)
 
@@ -362,13 +344,14 @@ class ServerProtocol(WebSocketServerProtocol):
             return
         duration = time.monotonic() - self._opened_at
         self._opened_at = None
+        local_code, local_reason = internals.local_close(self)
         _log.info(
             "conn={conn_id} closed peer={peer} code={code} reason={reason!r} "
             "clean={clean} duration={duration:.3f}s",
             conn_id=self.conn_id,
             peer=self.peer,
-            code=code if code is not None else self.localCloseCode,
-            reason=reason if reason is not None else self.localCloseReason,
+            code=code if code is not None else local_code,
+            reason=reason if reason is not None else local_reason,
             clean=wasClean,
             duration=duration,
         )
@@ -378,7 +361,8 @@ class ServerProtocol(WebSocketServerProtocol):
         """Called once when an open connection has closed; subclasses may override."""
 
 
-for _name in ServerProtocol._HANDSHAKE_ONLY:
+# What `_slim` drops reads as None afterwards.
+for _name in internals.HANDSHAKE_ONLY:
     setattr(ServerProtocol, _name, None)
 
 
@@ -443,7 +427,10 @@ class EndpointFactory(WebSocketServerFactory):
         )
         # The options as class attributes of this endpoint's own protocol
         # class, so that connections need not carry copies (see connectionMade).
-        options = {name: _as_class_attribute(getattr(self, name)) for name in protocol.CONFIG_ATTRS}
+        options = {
+            name: _as_class_attribute(getattr(self, name))
+            for name in internals.protocol_options(protocol)
+        }
         self.protocol = type(protocol.__name__, (protocol,), options)  # type: ignore[assignment]
 
     def next_connection_id(self) -> int:
