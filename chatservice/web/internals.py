@@ -71,9 +71,9 @@ class Internal(NamedTuple):
 
 
 # Where tests/test_internals.py passed: the versions constraints.txt pins, and
-# (autobahn) the oldest that setup.cfg allows.
+# the oldest that setup.cfg allows.
 _AUTOBAHN = "autobahn 26.7.1, 26.11.1"
-_TWISTED = "Twisted 26.10.0"
+_TWISTED = "Twisted 24.7.0, 26.10.0"
 
 # -- Autobahn's WebSocket protocol (web/endpoint.py, web/chat.py) ---------------------
 
@@ -247,7 +247,8 @@ def unix_port_from_fd(port_class: type[unix.Port], reactor: Any, fd: int, factor
 
 def unix_socket_file(port: Any) -> Any:
     """The file of a Unix socket port, or None for an abstract socket."""
-    path = port._bindPath
+    # Twisted 26.10 moved it from ``port`` (now 0) to ``_bindPath``.
+    path = port._bindPath if hasattr(port, "_bindPath") else port.port
     return path if unix._inFilesystemNamespace(path) else None  # type: ignore[attr-defined]
 
 
@@ -389,7 +390,9 @@ INTERNALS: dict[str, Internal] = {
     "unix.Port._fromListeningDescriptor": Internal(
         "a worker's Unix socket port on an inherited socket: `unix_port_from_fd`", _TWISTED
     ),
-    "unix.Port._bindPath": Internal("the file of a Unix socket port: `unix_socket_file`", _TWISTED),
+    "unix.Port._bindPath": Internal(
+        "the file of a Unix socket port (``port`` before 26.10): `unix_socket_file`", _TWISTED
+    ),
     "unix._inFilesystemNamespace": Internal(
         "whether that is a file (not abstract): `unix_socket_file`", _TWISTED
     ),
