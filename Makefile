@@ -21,5 +21,5 @@ bench-deflate:
 bench-storm:
 	scripts/setup-venv test && .venv/bin/python bench/storm_bench.py
 lint:
-	scripts/setup-venv test && .venv/bin/python -m pip install --quiet ruff mypy mypy-zope && \
+	scripts/setup-venv test && .venv/bin/python -m pip install --quiet -c constraints.txt ruff mypy mypy-zope && \
 	  .venv/bin/ruff check chatservice tests scripts bench twisted && .venv/bin/ruff format --check chatservice tests scripts bench twisted && .venv/bin/mypy chatservice

@@ -14,7 +14,6 @@ event's structured fields (``conn_id``, ``peer``, ``code``...) as keys.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -25,7 +24,6 @@ from twisted.logger import (
     globalLogPublisher,
     jsonFileLogObserver,
 )
-from twisted.python.logfile import LogFile
 
 _levels = LogLevelFilterPredicate(LogLevel.info)
 
@@ -58,16 +56,3 @@ def enabled(level: LogLevel) -> bool:
 def json_lines() -> ILogObserver:
     """An observer writing each event as one JSON line to stdout."""
     return jsonFileLogObserver(sys.stdout, recordSeparator="")
-
-
-def twistd_log_file(usr1_handler: Any) -> LogFile | None:
-    """The `LogFile` of twistd's ``--logfile``, if there is one.
-
-    twistd keeps it only in the closure of the SIGUSR1 handler it installs
-    to rotate it; that handler is where we find it, to reopen it on SIGHUP.
-    """
-    for cell in getattr(usr1_handler, "__closure__", None) or ():
-        contents = cell.cell_contents
-        if isinstance(contents, LogFile):
-            return contents
-    return None

@@ -36,8 +36,9 @@ from chatservice.chat.session import ChatLimits
 from chatservice.config import Config
 from chatservice.counters import Counters
 from chatservice.systemd import Notifier
+from chatservice.web import internals
+from chatservice.web.endpoint import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.web.frames import TextFrame
-from chatservice.web.protocol import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.web.site import ChatSite, make_site
 from chatservice.workers.listening import (
     AnnouncingEndpoint,
@@ -153,7 +154,7 @@ class ChatService(MultiService):
                 shared = SharedPortEndpoint(reactor, worker.fds[i], description, self._overloaded)
                 endpoint = AnnouncingEndpoint(shared, description, self.listening, announce=False)
                 svc = StreamServerEndpointService(endpoint, self.site)
-                svc._raiseSynchronously = True
+                internals.raise_listen_errors(svc)
             svc.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
@@ -297,7 +298,7 @@ class ChatService(MultiService):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop if self.worker is None else signal.SIG_IGN)
-        log_file = logs.twistd_log_file(signal.getsignal(signal.SIGUSR1))
+        log_file = internals.twistd_log_file(signal.getsignal(signal.SIGUSR1))
         reload_config = self.reload_config
 
         def reload(signum: int, frame: Any) -> None:

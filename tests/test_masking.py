@@ -9,7 +9,7 @@ import autobahn.websocket.protocol as autobahn_protocol
 import pytest
 from autobahn.nvx._xormasker import create_xor_masker as autobahn_masker
 
-import chatservice.web.protocol  # noqa: F401  (installs the masker)
+import chatservice.web.endpoint  # noqa: F401  (installs the masker)
 from chatservice.web.masking import SMALL_FRAME, SmallFrameMasker, create_xor_masker
 
 

@@ -8,7 +8,7 @@ import autobahn.websocket.protocol as autobahn_protocol
 import pytest
 import txaio
 
-import chatservice.web.protocol  # noqa: F401  (installs it)
+import chatservice.web.endpoint  # noqa: F401  (installs it)
 from chatservice.web.quiet import pformat_when_debugging
 
 

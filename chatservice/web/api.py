@@ -33,6 +33,7 @@ from chatservice.chat.messages import (
     parse_moderation,
 )
 from chatservice.chat.presence import Roster
+from chatservice.web import internals
 
 _log = logs.logger("chatservice.api")
 
@@ -168,7 +169,7 @@ class Api(Resource):
         return _json(request, 200, result)
 
     def _finish(self, request: Request, status: int, body: object) -> None:
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not internals.request_gone(request):
             request.write(_json(request, status, body))
             request.finish()
 

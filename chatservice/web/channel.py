@@ -18,6 +18,7 @@ from twisted.web.server import Request
 
 from chatservice import logs
 from chatservice.chat.policy import TrustedProxies
+from chatservice.web import internals
 
 _log = logs.logger("chatservice.channel")
 
@@ -77,12 +78,12 @@ class ChatChannel(HTTPChannel):
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> Any:
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:  # type: ignore[attr-defined]
+        if internals.header_bytes(self) + len(line) > self.totalHeadersSize:
             return self._too_large("the request line and headers are over {limit} bytes")
         return super().lineReceived(line)
 
     def headerReceived(self, line: bytes) -> bool:
-        if self._receivedHeaderCount >= self.maxHeaders:  # type: ignore[attr-defined]
+        if internals.header_lines(self) >= self.maxHeaders:
             self._too_large("over {limit} header lines")
             return False
         return bool(super().headerReceived(line))

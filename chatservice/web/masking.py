@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import autobahn.websocket.protocol as _autobahn_protocol
+from chatservice.web import internals
 
 #: Frames up to this size are unmasked here (measured: the break-even is ~2 KiB).
 SMALL_FRAME = 1024
@@ -52,7 +52,7 @@ class SmallFrameMasker:
         )
 
 
-_autobahn_masker = _autobahn_protocol.create_xor_masker
+_autobahn_masker = internals.autobahn_protocol_global(internals.XOR_MASKER)
 
 
 def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
@@ -64,4 +64,4 @@ def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
 
 def install() -> None:
     """Make Autobahn's frame parser use `create_xor_masker`."""
-    _autobahn_protocol.create_xor_masker = create_xor_masker  # type: ignore[attr-defined]
+    internals.replace_autobahn_protocol_global(internals.XOR_MASKER, create_xor_masker)

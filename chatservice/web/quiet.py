@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pprint
 
-import autobahn.websocket.protocol as _autobahn_protocol
 import txaio
+
+from chatservice.web import internals
 
 _DEBUGGING = ("debug", "trace")
 
@@ -27,4 +28,4 @@ def pformat_when_debugging(value: object) -> str:
 
 def install() -> None:
     """Make Autobahn's protocol module use `pformat_when_debugging`."""
-    _autobahn_protocol.pformat = pformat_when_debugging  # type: ignore[assignment]
+    internals.replace_autobahn_protocol_global(internals.PFORMAT, pformat_when_debugging)

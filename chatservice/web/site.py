@@ -11,7 +11,6 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from prometheus_client import CollectorRegistry
 from twisted.logger import LogLevel
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import static
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource
@@ -24,10 +23,13 @@ from chatservice.chat.identity import AuthPolicy
 from chatservice.chat.policy import ConnectionLimits, Limits, TrustedProxies
 from chatservice.config import Config
 from chatservice.counters import Counters
+from chatservice.web import internals
 from chatservice.web.api import Api, Health
 from chatservice.web.channel import ChatChannel, access_log_formatter, without_token
+from chatservice.web.chat import ChatFactory
+from chatservice.web.echo import echo_factory
+from chatservice.web.endpoint import EndpointFactory
 from chatservice.web.metrics import Metrics, MetricsPage, SummedCollector
-from chatservice.web.protocol import ChatFactory, EndpointFactory, echo_factory
 from chatservice.workers.scoreboard import CONFIGURED, OPEN, UP, Scoreboard, SharedConnectionLimits
 
 _NOT_FOUND = notFound()
@@ -93,6 +95,7 @@ class WebSocketEndpoint(WebSocketResource):
 
     def __init__(self, factory: WebSocketServerFactory, path: str) -> None:
         super().__init__(factory)
+        self.endpoint_factory = factory
         self._path = path
 
     def render(self, request: Request) -> bytes | int:
@@ -115,7 +118,7 @@ class WebSocketEndpoint(WebSocketResource):
         tokens = args.pop(b"token", None)
         if tokens is not None:
             request.uri = without_token(request.uri)
-        factory: Any = self._factory
+        factory: Any = self.endpoint_factory
         factory.handshake_token = tokens[0].decode("utf-8", "replace") if tokens else None
         try:
             result: bytes | int = super().render(request)
@@ -126,17 +129,9 @@ class WebSocketEndpoint(WebSocketResource):
             # behind its handshake (a first frame, say) are still in
             # twisted.web's hands: its LineReceiver hands them to
             # rawDataReceived once render returns.  Pass them on, in order.
-            channel.rawDataReceived = _protocol_of(transport).dataReceived  # type: ignore[method-assign]
+            protocol = internals.websocket_protocol_of(transport)
+            internals.hand_on_raw_data(channel, protocol.dataReceived)
         return result
-
-
-def _protocol_of(transport: Any) -> Any:
-    """The protocol Autobahn connected to `transport` (as its render does)."""
-    if isinstance(transport, ProtocolWrapper):
-        return transport.wrappedProtocol
-    if isinstance(transport.protocol, ProtocolWrapper):
-        return transport.protocol.wrappedProtocol
-    return transport.protocol
 
 
 def make_site(

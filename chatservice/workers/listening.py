@@ -25,6 +25,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from chatservice.web import internals
+
 #: For the few lines written at any --log-level.
 _always = Logger(namespace="chatservice.listening")
 
@@ -99,6 +101,9 @@ def pace_accepts(port: IListeningPort) -> None:
     anything else, and room messages wait for seconds.  Capped, the handshakes
     are spread over many short iterations, with room messages delivered between
     them; the rate of joins stays what the CPU allows.
+
+    (``numberAccepts`` and the port's ``doRead`` are Twisted internals, see
+    `chatservice.web.internals`.)
     """
     if not hasattr(port, "numberAccepts"):
         return  # not a Twisted stream port (e.g. a test double)
@@ -126,7 +131,8 @@ def balance_accepts(port: IListeningPort, overloaded: Callable[[], bool], clock:
     back for `YIELD_SECONDS`: it stops watching the socket, and another worker
     takes the connection.  Then it accepts whatever is still waiting, so a
     connection is never left waiting on a worker that is busy or hung.  (nginx's
-    ``accept_disabled`` does the same.)
+    ``accept_disabled`` does the same.)  The port's ``doRead`` is wrapped: see
+    `chatservice.web.internals`.
     """
     accept = port.doRead  # type: ignore[attr-defined]
     yielded = False
@@ -195,15 +201,16 @@ class SharedPortEndpoint:
         kind = self._description.split(":", 1)[0].lower()
         if kind == "ssl":
             endpoint = endpoints.serverFromString(self._reactor, self._description)
-            factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)  # type: ignore[attr-defined]
+            context = internals.ssl_context_factory(endpoint)
+            factory = TLSMemoryBIOFactory(context, False, factory)
         probe = socket.socket(fileno=os.dup(self._fd))
         family = probe.family
         probe.close()
         port: IListeningPort
         if family == socket.AF_UNIX:
-            port = _SharedUnixPort._fromListeningDescriptor(self._reactor, self._fd, factory)
-            path = port._bindPath  # type: ignore[attr-defined]
-            if unix._inFilesystemNamespace(path):
+            port = internals.unix_port_from_fd(_SharedUnixPort, self._reactor, self._fd, factory)
+            path = internals.unix_socket_file(port)
+            if path is not None:
                 # (startListening sets the mode again: keep the master's.)
                 port.mode = stat.S_IMODE(os.stat(path).st_mode)  # type: ignore[attr-defined]
             port.startListening()
@@ -220,7 +227,11 @@ class _SharedUnixPort(unix.Port):
     """A Unix socket port that leaves the socket alone when it stops: no
     shutdown (which would stop it listening in every process; Twisted skips it
     for adopted TCP sockets but not for Unix ones) and no removal of its file
-    (the master made it and removes it); other workers still accept on it."""
+    (the master made it and removes it); other workers still accept on it.
+
+    ``_shouldShutdown`` and ``lockFile`` are Twisted internals, see
+    `chatservice.web.internals`.
+    """
 
     _shouldShutdown = False
 

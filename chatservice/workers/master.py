@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 from chatservice import logs
 from chatservice.config import Config
 from chatservice.systemd import Notifier
+from chatservice.web import internals
 from chatservice.workers.listening import AnnouncingEndpoint, StartupError, describe, with_backlog
 from chatservice.workers.scoreboard import UP, Scoreboard
 from chatservice.workers.worker import STATUS_FD, WORKER_ENV, WorkerLink
@@ -240,7 +241,7 @@ class Master(MultiService):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        log_file = logs.twistd_log_file(signal.getsignal(signal.SIGUSR1))
+        log_file = internals.twistd_log_file(signal.getsignal(signal.SIGUSR1))
 
         def reload(signum: int, frame: Any) -> None:
             if log_file is not None:

@@ -1,15 +1,15 @@
-"""Autobahn protocol classes for the WebSocket endpoints.
+"""What every WebSocket endpoint shares: the protocol base, its factory, negotiation.
 
 The wire behaviour of every endpoint is specified in docs/protocol.md; keep the
 two in step.  Protocols stay thin: they negotiate, log, and hand each message
 on.  Autobahn does the framing, UTF-8 validation, size limits (checked after
 decompression), permessage-deflate, pings and timeouts; we only configure it.
+The endpoints themselves are `chatservice.web.echo` and `chatservice.web.chat`.
 """
 
 from __future__ import annotations
 
 import itertools
-import socket
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -18,29 +18,12 @@ from typing import Any
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import (
-    PerMessageDeflate,
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from zope.interface import implementer
 
 from chatservice import __version__, logs
-from chatservice.chat.hub import Hub, Session
-from chatservice.chat.messages import (
-    JSON,
-    TEXT,
-    Dialect,
-    Event,
-    ProtocolError,
-    encode_json,
-    parse_json,
-    parse_text,
-    text_lines,
-)
 from chatservice.chat.policy import Limits, OriginPolicy, TrustedProxies
 from chatservice.config import Config
 from chatservice.counters import (
@@ -50,10 +33,10 @@ from chatservice.counters import (
     REJECT_SUBPROTOCOL,
     Counters,
 )
-from chatservice.web import masking, quiet
-from chatservice.web.frames import TextFrame
+from chatservice.web import internals, masking, quiet
 
-# Autobahn's protocol classes own `self.log`; ours is module level.
+# Autobahn's protocol classes own `self.log`; ours is module level.  The
+# namespace is the one of every endpoint's events (see `logs.logger`).
 _log = logs.logger("chatservice.protocol")
 
 # Client frames up to 1 KiB are unmasked without Autobahn's per-frame cffi set-up.
@@ -67,8 +50,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
-_OPEN = WebSocketProtocol.STATE_OPEN
-_CLOSING = WebSocketProtocol.STATE_CLOSING
+_OPEN = internals.STATE_OPEN
+_CLOSING = internals.STATE_CLOSING
 #: How many close handshake timeouts (1 s each) in a row we wait for the close
 #: frame of a peer that is still sending (see `ServerProtocol.onCloseHandshakeTimeout`).
 CLOSING_WAITS = 10
@@ -111,7 +94,7 @@ class _NoServerContextAccept(PerMessageDeflateOfferAccept):
 
     def get_extension_string(self) -> str:
         extension: str = super().get_extension_string()
-        if not self.offer.request_no_context_takeover:
+        if not internals.asked_no_context_takeover(self):
             extension += "; server_no_context_takeover"
         return extension
 
@@ -122,7 +105,7 @@ def accept_shared_deflate(
     """Accept the first permessage-deflate offer without server context takeover (``/chat``).
 
     Every message the server sends is then compressed on its own, so one
-    compressed frame serves every member (`chatservice.frames`).  What the
+    compressed frame serves every member (`chatservice.web.frames`).  What the
     client compresses is received as it offered (with context takeover unless
     it said otherwise), and the server's window is the one it asked for (15
     if none).
@@ -164,23 +147,6 @@ class ServerProtocol(WebSocketServerProtocol):
     _path = ""
     _counted_address: str | None = None
 
-    #: What only the opening handshake needs; dropped once open (see `_slim`),
-    #: with None left as a class-level default (set below the class).
-    _HANDSHAKE_ONLY = (
-        "http_headers",
-        "http_request_data",
-        "http_response_data",
-        "http_status_line",
-        "http_request_params",
-        "http_request_uri",
-        "http_request_path",
-        "http_request_host",
-        "websocket_protocols",
-        "websocket_extensions",
-        "websocket_origin",
-        "_wskey",
-    )
-
     def connectionMade(self) -> None:
         self.conn_id = self.factory.next_connection_id()
         super().connectionMade()
@@ -189,7 +155,7 @@ class ServerProtocol(WebSocketServerProtocol):
         # (`EndpointFactory`), so the copies go.
         own = self.__dict__
         cls = type(self)
-        for name in self.CONFIG_ATTRS:
+        for name in internals.protocol_options(cls):
             if name in own and getattr(cls, name, own) is own[name]:
                 del own[name]
 
@@ -197,7 +163,8 @@ class ServerProtocol(WebSocketServerProtocol):
         # Autobahn cuts every frame's header and payload off the front of its
         # receive buffer, copying what follows each time: many small frames in
         # one 64 KiB read cost a quadratic amount of copying.  Pieces bound it.
-        # (Calling _dataReceived also skips formatting a debug line per read.)
+        # (Calling _dataReceived also skips formatting a debug line per read.
+        # It is an internal, called directly here: every read goes through it.)
         if self.state == _CLOSING:
             self._received_while_closing += len(data)
         if len(data) <= _RECEIVE_PIECE:
@@ -209,9 +176,9 @@ class ServerProtocol(WebSocketServerProtocol):
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
     ) -> None:
-        before = self.closeHandshakeTimeoutCall
+        before = internals.close_timer(self)
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
-        timeout = self.closeHandshakeTimeoutCall
+        timeout = internals.close_timer(self)
         if timeout is not None and timeout is not before:
             # Autobahn's timer puts the call in a bucket of whole seconds
             # (txaio's batched timer truncates `now + delay`): a 1 s timeout
@@ -242,10 +209,9 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def _wait_for_close_reply(self) -> None:
         """Time out the closing handshake in `closeHandshakeTimeout` seconds."""
-        delay: float = self.closeHandshakeTimeout  # type: ignore[attr-defined]
-        self.closeHandshakeTimeoutCall = txaio.call_later(  # type: ignore[attr-defined]
-            delay, self.onCloseHandshakeTimeout
-        )
+        delay = internals.close_timeout(self)
+        call = txaio.call_later(delay, self.onCloseHandshakeTimeout)  # type: ignore[attr-defined]
+        internals.set_close_timer(self, call)
 
     def _slim(self) -> None:
         """Drop what only the handshake needed, and compact what is left.
@@ -254,7 +220,7 @@ class ServerProtocol(WebSocketServerProtocol):
         connections every KiB counts (see bench/broadcast_bench.py).
         """
         own = self.__dict__
-        for name in self._HANDSHAKE_ONLY:
+        for name in internals.HANDSHAKE_ONLY:
             own.pop(name, None)
         self.__dict__ = dict(own)
 
@@ -378,13 +344,14 @@ class ServerProtocol(WebSocketServerProtocol):
             return
         duration = time.monotonic() - self._opened_at
         self._opened_at = None
+        local_code, local_reason = internals.local_close(self)
         _log.info(
             "conn={conn_id} closed peer={peer} code={code} reason={reason!r} "
             "clean={clean} duration={duration:.3f}s",
             conn_id=self.conn_id,
             peer=self.peer,
-            code=code if code is not None else self.localCloseCode,
-            reason=reason if reason is not None else self.localCloseReason,
+            code=code if code is not None else local_code,
+            reason=reason if reason is not None else local_reason,
             clean=wasClean,
             duration=duration,
         )
@@ -394,48 +361,9 @@ class ServerProtocol(WebSocketServerProtocol):
         """Called once when an open connection has closed; subclasses may override."""
 
 
-for _name in ServerProtocol._HANDSHAKE_ONLY:
+# What `_slim` drops reads as None afterwards.
+for _name in internals.HANDSHAKE_ONLY:
     setattr(ServerProtocol, _name, None)
-
-
-@implementer(IPushProducer)
-class EchoProtocol(ServerProtocol):
-    """``/echo``: every message comes back as it came, text as text, binary as binary.
-
-    It is also the transport's push producer: while the echoes wait to be
-    written (the client is not reading), it stops reading from the client, so
-    TCP's flow control slows the client down instead of our memory growing.
-    """
-
-    subprotocols = ("plain-text",)
-
-    def opened(self) -> None:
-        self.become_producer()
-
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def stopProducing(self) -> None:
-        pass
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        # Two int additions: what comes in goes straight back out, so the
-        # sent counts are these (`EndpointFactory.echoes`).
-        stats = self.factory.stats
-        stats.messages_received += 1
-        stats.bytes_received += len(payload)
-        if self.factory.log_messages:
-            _log.debug(
-                "conn={conn_id} echo binary={binary} size={size} payload={payload!r}",
-                conn_id=self.conn_id,
-                binary=isBinary,
-                size=len(payload),
-                payload=payload[:200],
-            )
-        self.sendMessage(payload, isBinary)
 
 
 def _as_class_attribute(value: Any) -> Any:
@@ -499,300 +427,12 @@ class EndpointFactory(WebSocketServerFactory):
         )
         # The options as class attributes of this endpoint's own protocol
         # class, so that connections need not carry copies (see connectionMade).
-        options = {name: _as_class_attribute(getattr(self, name)) for name in protocol.CONFIG_ATTRS}
+        options = {
+            name: _as_class_attribute(getattr(self, name))
+            for name in internals.protocol_options(protocol)
+        }
         self.protocol = type(protocol.__name__, (protocol,), options)  # type: ignore[assignment]
 
     def next_connection_id(self) -> int:
         """A process-wide unique id for log events of one connection."""
         return next(EndpointFactory._ids)
-
-
-def echo_factory(config: Config, limits: Limits) -> EndpointFactory:
-    """The factory behind ``/echo``."""
-    factory = EndpointFactory(config, EchoProtocol, config.echo_max_message_size, limits)
-    factory.echoes = True
-    return factory
-
-
-JSON_SUBPROTOCOLS = ("chat.v1.json", "beej-chat-protocol")
-TEXT_SUBPROTOCOL = "plain-text"
-
-
-@implementer(IPushProducer)
-class ChatProtocol(ServerProtocol):
-    """``/chat``: a thin adapter between Autobahn and the `Hub` (a hub `Member`).
-
-    It is also the transport's push producer: Twisted pauses it when more than
-    its buffer (64 KiB) waits to be written, and from then on what the hub
-    delivers is counted; past ``max_send_buffer`` the connection is closed as a
-    slow consumer instead of buffering without bound.
-
-    Everything it sends is a `TextFrame` written straight to the transport:
-    the one frame the hub prepared for the whole room, or for a connection
-    that negotiated permessage-deflate, that frame's compressed form, also
-    made once for the room (never Autobahn's per-connection compressor).
-    """
-
-    factory: ChatFactory
-    subprotocols = (*JSON_SUBPROTOCOLS, TEXT_SUBPROTOCOL)
-    check_origin = True
-
-    dialect: Dialect = TEXT
-    session: Session | None = None
-    _paused = False
-    _unsent = 0
-    #: The server window (9-15) of a connection with permessage-deflate; 0 without.
-    _deflate_bits = 0
-    #: The socket of a plain TCP transport (see flush), else None.
-    _socket: socket.socket | None = None
-    #: What was delivered since the last flush (see `Outbox`), or None.
-    _pending: bytes | bytearray | None = None
-    #: The token of the handshake's URL, until the connection is open.
-    _token: str | None = None
-
-    def negotiate(self, request: ConnectionRequest) -> str | None:
-        chosen = super().negotiate(request)
-        self.dialect = JSON if chosen in JSON_SUBPROTOCOLS else TEXT
-        # ``?token=`` of the URL (taken off it by the web resource, so that
-        # no log shows it): it counts as a chat-auth once open.
-        self._token = self.factory.handshake_token
-        return chosen
-
-    def opened(self) -> None:
-        self.become_producer()
-        transport = self.transport
-        if type(transport) is tcp.Server:
-            # A plain TCP connection (not TLS, nor a Unix socket) may be sent
-            # to directly, see flush().
-            self._socket = transport.socket
-        deflate = self._perMessageCompress
-        if isinstance(deflate, PerMessageDeflate) and deflate.server_no_context_takeover:
-            self._deflate_bits = deflate.server_max_window_bits
-        hub = self.factory.hub
-        self.session = hub.connect(self)
-        token, self._token = self._token, None
-        hub.start(self.session, token)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        session = self.session
-        if session is None:
-            return  # closing
-        stats = self.factory.stats
-        stats.messages_received += 1
-        stats.bytes_received += len(payload)
-        hub = self.factory.hub
-        if isBinary:
-            hub.close(self, CLOSE_UNSUPPORTED_DATA, "binary frames are not part of this protocol")
-            return
-        if not hub.admit(session):
-            return
-        if self.factory.log_messages:
-            _log.debug(
-                "conn={conn_id} received {payload!r}",
-                conn_id=self.conn_id,
-                payload=_loggable(payload),
-            )
-        try:
-            if self.dialect is JSON:
-                command = parse_json(payload)
-            else:
-                command = parse_text(payload.decode("utf-8"))
-            hub.handle(session, command)
-        except ProtocolError as error:
-            self.send_event(error.event())
-        except Exception:
-            _log.failure("conn={conn_id} error handling a frame", conn_id=self.conn_id)
-            hub.close(self, CLOSE_INTERNAL_ERROR, "Internal Server Error")
-
-    def closed(self) -> None:
-        self.factory.hub.disconnect(self)
-        self.session = None
-
-    # The hub's Member interface.
-
-    def send_event(self, event: Event) -> None:
-        if self.state != _OPEN:
-            return
-        stats = self.factory.stats
-        if self.dialect is JSON:
-            payloads = [encode_json(event)]
-        else:
-            payloads = [line.encode("utf-8") for line in text_lines(event)]
-        for data in payloads:
-            self.deliver(TextFrame(data))
-            stats.messages_sent += 1
-            stats.bytes_sent += len(data)
-
-    def deliver(self, frame: TextFrame) -> None:
-        # Counted by the hub, once per broadcast (not here, per member).
-        if self.state != _OPEN:
-            return
-        # The frame as prepared once for everybody, straight to the transport
-        # (Autobahn's sendData adds only logging and stats).
-        bits = self._deflate_bits
-        if bits:
-            data = frame.for_window.get(bits) or frame.deflated(bits)
-        else:
-            data = frame.plain
-        pending = self._pending
-        if pending is None:
-            # Bytes, or a bytearray, never a list: the cyclic garbage collector
-            # does not track them; a list per member per message made it run
-            # every few seconds, each full run a 20 ms stall with 1000
-            # connections.
-            self._pending = data
-            self.factory.outbox.add(self)
-        elif type(pending) is bytes:
-            self._pending = bytearray(pending) + data
-        else:
-            pending += data
-        if self._paused:
-            self._unsent += len(data)
-            if self._unsent > self.factory.max_send_buffer:
-                self._slow_consumer()
-
-    def flush(self) -> None:
-        """Write what was delivered since the last flush, in one piece (`Outbox`).
-
-        A plain TCP connection with nothing waiting in Twisted's buffer is sent
-        to at once: one system call, where Twisted's write would start watching
-        the socket for writability, send when the poll says so, and stop
-        watching (three calls and a poll event).  What the socket does not take
-        goes to Twisted's buffer, and so does everything for a TLS or Unix
-        socket connection.
-        """
-        pending, self._pending = self._pending, None
-        if not pending or self.state != _OPEN:
-            return  # closing: nothing after the close frame
-        data = pending
-        transport: Any = self.transport
-        sock = self._socket
-        if (
-            sock is not None
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-        ):
-            try:
-                sent = sock.send(data)
-            except OSError:
-                sent = 0  # full (EAGAIN), or an error Twisted's write will report
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(bytes(data))
-
-    def close_with(self, code: int, reason: str) -> None:
-        self.flush()  # what was said before the close goes before it
-        super().close_with(code, reason)
-
-    def close(self, code: int, reason: str) -> None:
-        self.session = None
-        self.close_with(code, reason)
-
-    # IPushProducer, called by the transport.
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        self._unsent = _transport_buffered(self.transport)
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._unsent = 0
-
-    def stopProducing(self) -> None:
-        self._paused = False
-
-    def _slow_consumer(self) -> None:
-        self.factory.stats.slow_consumer_drops += 1
-        _log.info(
-            "conn={conn_id} closed as a slow consumer: over {limit} bytes unsent",
-            conn_id=self.conn_id,
-            limit=self.factory.max_send_buffer,
-        )
-        # The close frame will not get through a full buffer: the closing
-        # handshake times out (1 s) and the connection is dropped with its buffer.
-        self.factory.hub.close(self, CLOSE_POLICY, "slow consumer")
-
-
-def _loggable(payload: bytes) -> bytes:
-    """What a debug log may show of a received chat frame: never a token."""
-    if b'"chat-auth"' in payload or payload[:5].lower() == b"/auth":
-        return b"(chat-auth: the token is not logged)"
-    return payload[:200]
-
-
-def _transport_buffered(transport: Any) -> int:
-    """Bytes waiting in a Twisted TCP transport's buffer (0 if it does not say)."""
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except (AttributeError, TypeError):
-        return 0
-
-
-#: A flush that took this long (seconds) makes the next wait: see `Outbox`.
-EXPENSIVE_FLUSH = 0.0005
-
-
-class Outbox:
-    """Connections with something to write, written together, once per turn or less.
-
-    A room message reaches every member through `ChatProtocol.deliver`, which
-    only queues the member's bytes; the first delivery asks the reactor for a
-    `flush` of every connection that has something: one write per connection,
-    however many messages it got meanwhile (uWebSockets "corks" its sockets
-    per loop iteration the same way).
-
-    When: at the reactor's next turn (``callLater(0)``), so a lone message goes
-    out at once; but after a flush that took a while (over `EXPENSIVE_FLUSH`: a
-    room of a thousand takes about 2 ms), not before as long again has passed,
-    so that flushing takes at most about half the time, and what comes
-    meanwhile shares the next flush.  Measured (bench/broadcast_bench.py
-    --phase latency): at 444 messages/s into a room of 1000, flushing after
-    every message kept the server at a full core and p99 at 32 ms.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._members: list[ChatProtocol] = []
-        #: When (time.monotonic) the last flush started, and how long it took.
-        self._last = (0.0, 0.0)
-
-    def add(self, member: ChatProtocol) -> None:
-        if not self._members:
-            started, took = self._last
-            wait = 0.0
-            if took > EXPENSIVE_FLUSH:
-                wait = started + 2 * took - time.monotonic()
-            self._clock.callLater(wait if wait > EXPENSIVE_FLUSH else 0, self.flush)
-        self._members.append(member)
-
-    def flush(self) -> None:
-        started = time.monotonic()
-        members, self._members = self._members, []
-        for member in members:
-            member.flush()
-        self._last = (started, time.monotonic() - started)
-
-
-class ChatFactory(EndpointFactory):
-    """The factory behind ``/chat``: holds the hub its connections talk to."""
-
-    def __init__(
-        self, config: Config, hub: Hub, limits: Limits, stats: Counters, clock: IReactorTime
-    ) -> None:
-        # `stats`: one set of totals with the hub, which counts broadcasts and rate limits.
-        super().__init__(
-            config,
-            ChatProtocol,
-            config.chat_max_message_size,
-            limits,
-            stats=stats,
-            accept_compression=(
-                accept_shared_deflate if config.chat_compression else refuse_compression
-            ),
-        )
-        self.hub = hub
-        self.outbox = Outbox(clock)
-        #: The ``?token=`` of the handshake being handled (see web.WebSocketEndpoint).
-        self.handshake_token: str | None = None
-        self.max_send_buffer = config.max_send_buffer
