@@ -24,7 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatservice import logs
+from chatservice import internals, logs
 from chatservice.backplane.history import History, ThreadExecutor, immediate_executor
 from chatservice.backplane.local import LocalBackplane
 from chatservice.backplane.redis import RedisBackplane, parse_redis_url
@@ -36,7 +36,6 @@ from chatservice.chat.session import ChatLimits
 from chatservice.config import Config
 from chatservice.counters import Counters
 from chatservice.systemd import Notifier
-from chatservice.web import internals
 from chatservice.web.endpoint import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.web.frames import TextFrame
 from chatservice.web.site import ChatSite, make_site

@@ -1,6 +1,6 @@
 """Every Autobahn and Twisted internal chatservice relies on is still there.
 
-One test per entry of `chatservice.web.internals.INTERNALS`, named after it: after
+One test per entry of `chatservice.internals.INTERNALS`, named after it: after
 an upgrade, a failure here names the internal that moved, and its entry says
 what it was for and where it is used.  Each check uses the internal as
 chatservice does, on real objects of the installed versions (a connection made
@@ -49,7 +49,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from chatservice.web import internals
+from chatservice import internals
 
 SERVER = IPv4Address("TCP", "127.0.0.1", 8080)
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -89,7 +89,7 @@ def test_internal_still_there(name: str, clock: Clock, monkeypatch: pytest.Monke
     except Exception as error:
         raise AssertionError(
             f"{name} no longer works as chatservice uses it ({entry.use}; checked with "
-            f"{entry.checked}; see chatservice/web/internals.py): {error}"
+            f"{entry.checked}; see chatservice/internals.py): {error}"
         ) from error
 
 

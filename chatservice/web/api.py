@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from chatservice import logs
+from chatservice import internals, logs
 from chatservice.backplane.roles import MessageLog, PresenceRelay
 from chatservice.backplane.values import JOIN_HISTORY, StoredMessage, Unavailable
 from chatservice.chat.hub import Hub
@@ -33,7 +33,6 @@ from chatservice.chat.messages import (
     parse_moderation,
 )
 from chatservice.chat.presence import Roster
-from chatservice.web import internals
 
 _log = logs.logger("chatservice.api")
 

@@ -16,9 +16,8 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.server import Request
 
-from chatservice import logs
+from chatservice import internals, logs
 from chatservice.chat.policy import TrustedProxies
-from chatservice.web import internals
 
 _log = logs.logger("chatservice.channel")
 

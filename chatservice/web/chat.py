@@ -16,7 +16,7 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from chatservice import logs
+from chatservice import internals, logs
 from chatservice.chat.hub import Hub, Session
 from chatservice.chat.messages import (
     JSON,
@@ -32,7 +32,6 @@ from chatservice.chat.messages import (
 from chatservice.chat.policy import Limits
 from chatservice.config import Config
 from chatservice.counters import Counters
-from chatservice.web import internals
 from chatservice.web.endpoint import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY,

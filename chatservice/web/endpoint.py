@@ -23,7 +23,7 @@ from autobahn.websocket.compress import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 
-from chatservice import __version__, logs
+from chatservice import __version__, internals, logs
 from chatservice.chat.policy import Limits, OriginPolicy, TrustedProxies
 from chatservice.config import Config
 from chatservice.counters import (
@@ -33,7 +33,7 @@ from chatservice.counters import (
     REJECT_SUBPROTOCOL,
     Counters,
 )
-from chatservice.web import internals, masking, quiet
+from chatservice.web import masking, quiet
 
 # Autobahn's protocol classes own `self.log`; ours is module level.  The
 # namespace is the one of every endpoint's events (see `logs.logger`).

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatservice.web import internals
+from chatservice import internals
 
 #: Frames up to this size are unmasked here (measured: the break-even is ~2 KiB).
 SMALL_FRAME = 1024

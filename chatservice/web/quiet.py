@@ -14,7 +14,7 @@ import pprint
 
 import txaio
 
-from chatservice.web import internals
+from chatservice import internals
 
 _DEBUGGING = ("debug", "trace")
 

@@ -16,14 +16,13 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from chatservice import logs
+from chatservice import internals, logs
 from chatservice.backplane.roles import Backplane
 from chatservice.chat.hub import Hub
 from chatservice.chat.identity import AuthPolicy
 from chatservice.chat.policy import ConnectionLimits, Limits, TrustedProxies
 from chatservice.config import Config
 from chatservice.counters import Counters
-from chatservice.web import internals
 from chatservice.web.api import Api, Health
 from chatservice.web.channel import ChatChannel, access_log_formatter, without_token
 from chatservice.web.chat import ChatFactory

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from chatservice.web import internals
+from chatservice import internals
 
 #: For the few lines written at any --log-level.
 _always = Logger(namespace="chatservice.listening")
@@ -103,7 +103,7 @@ def pace_accepts(port: IListeningPort) -> None:
     them; the rate of joins stays what the CPU allows.
 
     (``numberAccepts`` and the port's ``doRead`` are Twisted internals, see
-    `chatservice.web.internals`.)
+    `chatservice.internals`.)
     """
     if not hasattr(port, "numberAccepts"):
         return  # not a Twisted stream port (e.g. a test double)
@@ -132,7 +132,7 @@ def balance_accepts(port: IListeningPort, overloaded: Callable[[], bool], clock:
     takes the connection.  Then it accepts whatever is still waiting, so a
     connection is never left waiting on a worker that is busy or hung.  (nginx's
     ``accept_disabled`` does the same.)  The port's ``doRead`` is wrapped: see
-    `chatservice.web.internals`.
+    `chatservice.internals`.
     """
     accept = port.doRead  # type: ignore[attr-defined]
     yielded = False
@@ -230,7 +230,7 @@ class _SharedUnixPort(unix.Port):
     (the master made it and removes it); other workers still accept on it.
 
     ``_shouldShutdown`` and ``lockFile`` are Twisted internals, see
-    `chatservice.web.internals`.
+    `chatservice.internals`.
     """
 
     _shouldShutdown = False

@@ -47,10 +47,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from chatservice import logs
+from chatservice import internals, logs
 from chatservice.config import Config
 from chatservice.systemd import Notifier
-from chatservice.web import internals
 from chatservice.workers.listening import AnnouncingEndpoint, StartupError, describe, with_backlog
 from chatservice.workers.scoreboard import UP, Scoreboard
 from chatservice.workers.worker import STATUS_FD, WORKER_ENV, WorkerLink

@@ -48,7 +48,7 @@ class _Moved:
 
     def _fail(self, *args: object, **kwargs: object) -> Any:
         raise MovedInternal(
-            f"{self.name} is gone from the installed version: see chatservice/web/internals.py"
+            f"{self.name} is gone from the installed version: see chatservice/internals.py"
         )
 
     __eq__ = __ne__ = __hash__ = __bool__ = __call__ = _fail  # type: ignore[assignment]
