@@ -60,6 +60,7 @@ class Caller:
 
     @property
     def admin(self) -> bool:
+        """Whether the caller may moderate: the admin token, or an admin's token."""
         return self.identity is None or self.identity.admin
 
 
@@ -146,6 +147,7 @@ class Api(Resource):
         self.prefix = prefix
 
     def render(self, request: Request) -> bytes | int:
+        """Route the request; JSON answers, errors with their status (docs/protocol.md)."""
         try:
             caller = self._authorize(request)
             result = self._route(request, caller)
@@ -411,6 +413,7 @@ class Health(Resource):
         self.shutting_down = False
 
     def render_GET(self, request: Request) -> bytes:
+        """200 with the service's state, or 503 (shutting down, or a backplane problem)."""
         problem = self._problem()
         body: dict[str, object] = {"status": "ok"}
         code = 200

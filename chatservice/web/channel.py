@@ -69,6 +69,7 @@ class ChatChannel(HTTPChannel):
             self._deadline = None
 
     def dataReceived(self, data: bytes) -> None:
+        """Bytes of the request: the deadline for the whole request starts with the first."""
         if self._refused:
             return
         if self._between and data:
@@ -77,28 +78,34 @@ class ChatChannel(HTTPChannel):
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> Any:
+        """A header line, counted against the header limits."""
         if internals.header_bytes(self) + len(line) > self.totalHeadersSize:
             return self._too_large("the request line and headers are over {limit} bytes")
         return super().lineReceived(line)
 
     def headerReceived(self, line: bytes) -> bool:
+        """One header, counted against the header limits (431 past them)."""
         if internals.header_lines(self) >= self.maxHeaders:
             self._too_large("over {limit} header lines")
             return False
         return bool(super().headerReceived(line))
 
     def lineLengthExceeded(self, line: bytes) -> Any:
+        """A line over the limit: 431, as for too many headers."""
         return self._too_large("a header line over {limit} bytes")
 
     def allContentReceived(self) -> None:
+        """The whole request is in: its deadline is over."""
         self._disarm()
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
+        """A request answered: the next one gets a deadline of its own."""
         super().requestDone(request)
         self._between = True  # a kept-alive connection: the next request's first byte
 
     def connectionLost(self, reason: Any = None) -> None:
+        """The connection went: no deadline runs any more."""
         self._disarm()
         super().connectionLost(reason)
 

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
 from chatservice import internals, logs
-from chatservice.chat.hub import Hub, Session
+from chatservice.chat.hub import Hub
 from chatservice.chat.messages import (
     JSON,
     TEXT,
@@ -30,6 +30,7 @@ from chatservice.chat.messages import (
     text_lines,
 )
 from chatservice.chat.policy import Limits
+from chatservice.chat.session import Session
 from chatservice.config import Config
 from chatservice.counters import Counters
 from chatservice.web.endpoint import (
@@ -87,6 +88,7 @@ class ChatProtocol(ServerProtocol):
     _token: str | None = None
 
     def negotiate(self, request: ConnectionRequest) -> str | None:
+        """Pick the dialect from the subprotocol; keep a ``?token=`` of the URL for the open."""
         chosen = super().negotiate(request)
         self.dialect = JSON if chosen in JSON_SUBPROTOCOLS else TEXT
         # ``?token=`` of the URL (taken off it by the web resource, so that
@@ -95,6 +97,7 @@ class ChatProtocol(ServerProtocol):
         return chosen
 
     def opened(self) -> None:
+        """Become the transport's producer, note the deflate window, and join the hub."""
         self.become_producer()
         # Set only when not the class's default: an idle connection is mostly
         # its attributes (see `ServerProtocol._slim`).
@@ -112,6 +115,7 @@ class ChatProtocol(ServerProtocol):
         hub.start(self.session, token)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Count, rate-limit and parse a frame, and hand the command to the hub."""
         session = self.session
         if session is None:
             return  # closing
@@ -143,12 +147,14 @@ class ChatProtocol(ServerProtocol):
             hub.close(self, CLOSE_INTERNAL_ERROR, "Internal Server Error")
 
     def closed(self) -> None:
+        """Leave the hub: rooms, name."""
         self.factory.hub.disconnect(self)
         self.session = None
 
     # The hub's Member interface.
 
     def send_event(self, event: Event) -> None:
+        """The hub's `Member`: one event to this connection, in its dialect."""
         if self.state != _OPEN:
             return
         stats = self.factory.stats
@@ -163,6 +169,7 @@ class ChatProtocol(ServerProtocol):
 
     def deliver(self, frame: TextFrame) -> None:
         # Counted by the hub, once per broadcast (not here, per member).
+        """The hub's `Member`: a frame prepared once for many, queued for the next flush."""
         if self.state != _OPEN:
             return
         # The frame as prepared once for everybody, straight to the transport
@@ -222,24 +229,29 @@ class ChatProtocol(ServerProtocol):
         transport.write(bytes(data))
 
     def close_with(self, code: int, reason: str) -> None:
+        """What was queued goes before the close frame."""
         self.flush()  # what was said before the close goes before it
         super().close_with(code, reason)
 
     def close(self, code: int, reason: str) -> None:
+        """The hub's `Member`: close (the hub has forgotten this connection)."""
         self.session = None
         self.close_with(code, reason)
 
     # IPushProducer, called by the transport.
 
     def pauseProducing(self) -> None:
+        """The transport's buffer is full: count what is delivered from now on."""
         self._paused = True
         self._unsent = internals.buffered(self.transport)
 
     def resumeProducing(self) -> None:
+        """The transport's buffer drained."""
         self._paused = False
         self._unsent = 0
 
     def stopProducing(self) -> None:
+        """The transport is going away."""
         self._paused = False
 
     def _slow_consumer(self) -> None:
@@ -290,6 +302,7 @@ class Outbox:
         self._last = (0.0, 0.0)
 
     def add(self, member: ChatProtocol) -> None:
+        """`member` has something to write: a flush is scheduled if none is."""
         if not self._members:
             started, took = self._last
             wait = 0.0
@@ -299,6 +312,7 @@ class Outbox:
         self._members.append(member)
 
     def flush(self) -> None:
+        """Write every connection that has something, once."""
         started = time.monotonic()
         members, self._members = self._members, []
         for member in members:

@@ -27,20 +27,25 @@ class EchoProtocol(ServerProtocol):
     subprotocols = ("plain-text",)
 
     def opened(self) -> None:
+        """Become the transport's producer."""
         self.become_producer()
 
     def pauseProducing(self) -> None:
+        """The echoes wait to be written: stop reading from the client."""
         self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
+        """The echoes were written: read from the client again."""
         self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
+        """The transport is going away: nothing to do."""
         pass
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         # Two int additions: what comes in goes straight back out, so the
         # sent counts are these (`EndpointFactory.echoes`).
+        """Send the message straight back, text as text and binary as binary."""
         stats = self.factory.stats
         stats.messages_received += 1
         stats.bytes_received += len(payload)

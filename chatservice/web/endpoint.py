@@ -148,6 +148,7 @@ class ServerProtocol(WebSocketServerProtocol):
     _counted_address: str | None = None
 
     def connectionMade(self) -> None:
+        """Number the connection; drop Autobahn's per-connection copies of the options."""
         self.conn_id = self.factory.next_connection_id()
         super().connectionMade()
         # Autobahn copies its ~40 options from the factory onto every
@@ -165,6 +166,7 @@ class ServerProtocol(WebSocketServerProtocol):
         # one 64 KiB read cost a quadratic amount of copying.  Pieces bound it.
         # (Calling _dataReceived also skips formatting a debug line per read.
         # It is an internal, called directly here: every read goes through it.)
+        """Hand what came to Autobahn's frame parser in pieces of at most 4 KiB."""
         if self.state == _CLOSING:
             self._received_while_closing += len(data)
         if len(data) <= _RECEIVE_PIECE:
@@ -176,6 +178,7 @@ class ServerProtocol(WebSocketServerProtocol):
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
     ) -> None:
+        """Autobahn's, with a closing handshake timeout of the full time."""
         before = internals.close_timer(self)
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
         timeout = internals.close_timer(self)
@@ -225,6 +228,7 @@ class ServerProtocol(WebSocketServerProtocol):
         self.__dict__ = dict(own)
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
+        """The handshake: `negotiate`, with refusals counted and logged (never half-open)."""
         self._path = request.path
         try:
             return self.negotiate(request)
@@ -295,6 +299,7 @@ class ServerProtocol(WebSocketServerProtocol):
         return chosen
 
     def onOpen(self) -> None:
+        """Open: count and log it, drop what only the handshake needed, then `opened`."""
         self._opened_at = time.monotonic()
         self.factory.open_connections.add(self)
         self.factory.stats.accepted += 1
@@ -334,6 +339,7 @@ class ServerProtocol(WebSocketServerProtocol):
         transport.registerProducer(self, True)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Closed: free its place in the connection limits, log it, then `closed`."""
         if self._counted_address is not None:
             self.factory.limits.release(self._counted_address)
             self._counted_address = None

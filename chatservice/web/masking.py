@@ -36,12 +36,15 @@ class SmallFrameMasker:
         self._pointer = 0
 
     def pointer(self) -> int:
+        """How many bytes were unmasked so far."""
         return self._pointer
 
     def reset(self) -> None:
+        """Start again at the mask's first byte."""
         self._pointer = 0
 
     def process(self, data: bytes) -> bytes:
+        """Unmask the next piece of the frame's payload."""
         n = len(data)
         offset = self._pointer & 3
         mask = self._mask[offset:] + self._mask[:offset]

@@ -32,10 +32,14 @@ class Endpoint(Protocol):
     """What the collector reads of a WebSocket factory."""
 
     @property
-    def stats(self) -> Counters: ...
+    def stats(self) -> Counters:
+        """The endpoint's running totals."""
+        ...
 
     @property
-    def open_connections(self) -> Sized: ...
+    def open_connections(self) -> Sized:
+        """The endpoint's open connections."""
+        ...
 
     @property
     def echoes(self) -> bool:
@@ -57,6 +61,7 @@ class EndpointCollector(Collector):
         self._chat = chat
 
     def collect(self) -> Iterator[Metric]:
+        """The endpoints' counters, as Prometheus metrics, read now."""
         open_now = GaugeMetricFamily(
             "chatservice_connections", "Open WebSocket connections.", labels=["endpoint"]
         )
@@ -193,6 +198,7 @@ class MetricsPage(Resource):
         self._registry = registry
 
     def render_GET(self, request: Request) -> bytes:
+        """The registry's metrics in Prometheus's text format."""
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         return generate_latest(self._registry)
@@ -234,6 +240,7 @@ class SummedCollector(Collector):
         return families
 
     def collect(self) -> Iterator[Metric]:
+        """Every worker's metrics added up (see `sync`)."""
         families = self.sync()
         board = self._board
         live = board.live_slots()

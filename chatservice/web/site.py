@@ -49,6 +49,7 @@ class StaticFiles(static.File):
         self.root = root if root is not None else os.path.realpath(path)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
+        """A file under the root, or 404 (never outside it, never a listing)."""
         try:
             path.decode("utf-8")
         except UnicodeDecodeError:
@@ -63,9 +64,11 @@ class StaticFiles(static.File):
         return real == self.root or real.startswith(self.root + os.sep)
 
     def directoryListing(self) -> IResource:
+        """No listings: 404."""
         return _NOT_FOUND
 
     def createSimilarFile(self, path: str) -> StaticFiles:
+        """A file of the same root."""
         f = super().createSimilarFile(path)
         f.root = self.root
         return f
@@ -73,6 +76,7 @@ class StaticFiles(static.File):
     def render(self, request: Request) -> bytes | int:
         # A file that is really outside the root (the root itself a symlink's
         # target is fine: `root` is resolved) is refused before it is opened.
+        """The file, if it is really inside the root; else 404."""
         if not self._inside_root(self.path):
             return _NOT_FOUND.render(request)
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
@@ -98,6 +102,7 @@ class WebSocketEndpoint(WebSocketResource):
         self._path = path
 
     def render(self, request: Request) -> bytes | int:
+        """426 for plain HTTP; the upgrade, with a URL's token taken off first."""
         if request.postpath and request.postpath != [b""]:
             return _NOT_FOUND.render(request)
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
