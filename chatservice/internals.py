@@ -72,8 +72,8 @@ class Internal(NamedTuple):
 
 # Where tests/test_internals.py passed: the versions constraints.txt pins, and
 # the oldest that setup.cfg allows.
-_AUTOBAHN = "autobahn 26.7.1, 26.11.1"
-_TWISTED = "Twisted 24.7.0, 26.10.0"
+_AUTOBAHN = "autobahn 26.10.1, 26.11.1"
+_TWISTED = "Twisted 26.4.0, 26.10.0"
 
 # -- Autobahn's WebSocket protocol (web/endpoint.py, web/chat.py) ---------------------
 
