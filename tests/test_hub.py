@@ -301,6 +301,43 @@ def test_a_member_closed_during_fan_out_does_not_stop_delivery(hub: Hub) -> None
     assert hub.rooms["lobby"].usernames() == ["alice", "bob"]
 
 
+@pytest.mark.parametrize("how", ["leaves", "closes"])
+def test_the_last_member_closed_by_a_leave_it_hears_takes_nobody_else_with_it(
+    hub: Hub, how: str
+) -> None:
+    """Bob, a slow consumer, is closed by the chat-leave of alice, the room's other
+    member: the room goes with the two of them, and alice's other rooms and name do not
+    keep a ghost of her."""
+
+    class Slow(Client):
+        stalled = False
+
+        def deliver(self, frame: Any) -> None:
+            if self.stalled:
+                hub.close(self, 1008, "slow consumer")
+            else:
+                super().deliver(frame)
+
+    alice, a = joined(hub, 1, "alice", room="r")
+    hub.handle(a, Join(room="other"))
+    bob = Slow(2)
+    hub.handle(hub.connect(bob), Join(room="r", username="bob"))
+    carol, _ = joined(hub, 3, "carol", room="other")
+    carol.reset()
+    bob.stalled = True
+    if how == "leaves":
+        hub.handle(a, Leave(room="r"))
+        assert alice.got("chat-leave")[-1]["room"] == "r"
+        assert list(hub.rooms) == ["other"]
+    else:
+        hub.disconnect(alice)
+        assert [p["username"] for p in carol.got("chat-leave")] == ["alice"]
+        assert hub.rooms["other"].usernames() == ["carol"]
+        assert "r" not in hub.rooms
+        joined(hub, 4, "alice", room="other")  # her name is free again
+    assert bob.closed == (1008, "slow consumer") and alice.closed is None
+
+
 class LateReads(LocalBackplane):
     """One process's backplane whose history reads answer when the test says.
 

@@ -235,6 +235,37 @@ def test_text_clients_join_the_lobby_once_identified(history: History, clock: Cl
     assert list(session.rooms) == ["lobby"] and session.name == "tom"
 
 
+def test_a_text_client_closed_while_signing_in_joins_nothing(
+    history: History, clock: Clock
+) -> None:
+    """A terminal that is closed as it hears it is signed in (a slow consumer) is not
+    put in the lobby: no room is made, and watched, for a connection that is gone."""
+    hub = hub_with(history, clock, Prepare(), mode="required")
+
+    class Fragile(Client):
+        def send_event(self, event: Any) -> None:
+            super().send_event(event)
+            if event[0] == "chat-authenticated":
+                hub.close(self, 1008, "slow consumer")
+
+    term = Fragile(3, TEXT)
+    hub.start(hub.connect(term), token("u3", "tom"))
+    assert term.closed == (1008, "slow consumer")
+    assert hub.live_rooms() == [] and not hub.sessions
+
+
+@pytest.mark.parametrize("frame", ['{"type": "chat-kick", "payload": {"username": "bob"}}'])
+def test_a_frame_before_the_token_is_refused_naming_its_type(
+    history: History, clock: Clock, frame: str
+) -> None:
+    """docs/protocol.md: an error's ``type`` is the offending frame's."""
+    hub = hub_with(history, clock, Prepare(), mode="required")
+    session = hub.connect(Client(1))
+    with pytest.raises(Refused) as refused:
+        hub.handle(session, parse_json(frame.encode()))
+    assert (refused.value.code, refused.value.type) == ("auth-required", "chat-kick")
+
+
 def test_moderation_needs_an_admin_and_is_applied_here(history: History, clock: Clock) -> None:
     hub = hub_with(history, clock, Prepare())
     mod, mod_session = user(hub, 1, "m1", "mod", admin=True)

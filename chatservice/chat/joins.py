@@ -248,7 +248,9 @@ class Joins:
         room.catching_up.pop(session, None)
         announced = room.joining.pop(session, None) is None
         self.presence.depart(session, room, announced, tell_leaver)
-        if room.empty():
+        # (Telling the room may have closed its last other member, a slow
+        # consumer, whose own leave dropped the room already.)
+        if room.empty() and self.rooms.get(name) is room:
             self._drop(room)
 
     def _drop(self, room: Room) -> None:

@@ -124,7 +124,10 @@ class SignIn:
             # A text client was put in the lobby as a guest (it had no say):
             # it leaves as one, and comes back identified.
             for room in list(session.rooms):
-                self.joins.leave(session, room, tell_leaver=True)
+                if room in session.rooms:  # (a slow consumer closed meanwhile left them all)
+                    self.joins.leave(session, room, tell_leaver=True)
+            if not session.alive:
+                return None
             self.names.release(session)
             session.name = None
         if self.sanctions:
@@ -156,7 +159,7 @@ class SignIn:
             self.names.sign_in(session, identity)
             self._identify(session, identity)
             self.conversations.resume(session)
-            if session.member.dialect is TEXT and not session.rooms:
+            if session.alive and session.member.dialect is TEXT and not session.rooms:
                 # As a guest's would: a text client is in the lobby at once.
                 joining = self.joins.join(session, Join(DEFAULT_ROOM))
                 if joining is not None:
@@ -178,7 +181,8 @@ class SignIn:
             session.timer = self.clock.callLater(max(left, 0), self._expired, member, session)
         for room in list(session.rooms):
             if (
-                self.auth.is_private(room)
+                room in session.rooms  # (a slow consumer closed meanwhile left them all)
+                and self.auth.is_private(room)
                 and not room.startswith(DM_PREFIX)
                 and not identity.may_enter(room)
             ):
