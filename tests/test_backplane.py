@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from members import Heard
+from members import Heard, Prepare
 from net import wait_until
 from redis_server import RedisServer
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 
+from chatservice.backplane.codec import order_fields as codec_fields
 from chatservice.backplane.history import History, StoredMessage, immediate_executor
 from chatservice.backplane.local import LocalBackplane
 from chatservice.backplane.redis import RedisBackplane, parse_redis_url
@@ -34,6 +35,7 @@ from chatservice.backplane.values import (
     Presence,
     Unavailable,
 )
+from chatservice.chat.hub import Hub
 
 Make = Callable[..., Any]
 
@@ -427,6 +429,50 @@ async def test_kept_orders_are_handed_on_again_after_a_restart(
     assert replayed == [dataclasses.replace(ban, replayed=True)]
     if isinstance(second, RedisBackplane):
         await second.stop()
+
+
+def unknown_kind_warnings(log_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in log_events
+        if e.get("log_format") == "ignored an order of unknown kind {kind!r}"
+        and e.get("log_namespace") == "chatservice.hub"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["local", "redis"])
+@pytest_twisted.ensureDeferred
+async def test_a_kept_order_this_version_does_not_know_is_kept_and_ignored(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, log_events: list[dict[str, Any]]
+) -> None:
+    """During a rolling upgrade (or a downgrade) an instance may find an order of a newer
+    version's: it says so, as it always did, and leaves it for the instances that know it."""
+    until = time.time() + 600
+    newer = json.dumps({"kind": "quarantine", "name": "gus", "until": until, "by": "mod"})
+    if kind == "local":
+        history = History(str(tmp_path / "orders.sqlite3"), 10, immediate_executor)
+        history.open()
+        history.keep_order("quarantine|gus|", newer, until)
+        local = LocalBackplane(history)
+        Hub(local, reactor, Prepare(), server="s")
+        ban = ModerationOrder("ban", "bob", None, None, until, "mod")
+        local.keep_order(ban)
+        local.replay_orders()
+        assert newer in history.orders()
+        # (The table keeps json.dumps's default text, as it always did.)
+        assert json.dumps(codec_fields(ban)) in history.orders()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.command("HSET", "chatservice:orders", "quarantine|gus|", json.dumps(newer))
+        redis = RedisBackplane(parse_redis_url(server.url), 10, reactor)
+        Hub(redis, reactor, Prepare(), server="s")
+        redis.start()  # (replays once connected)
+        try:
+            await wait_until(lambda: bool(unknown_kind_warnings(log_events)))
+            assert server.command("HEXISTS", "chatservice:orders", "quarantine|gus|") == ":1"
+        finally:
+            await redis.stop()
+    assert [e["kind"] for e in unknown_kind_warnings(log_events)] == ["quarantine"]
 
 
 def test_a_redis_that_is_loading_its_data_counts_as_unavailable() -> None:

@@ -21,6 +21,7 @@ from chatservice.backplane.values import (
     ModerationOrder,
     StoredMessage,
     Unavailable,
+    UnknownOrder,
 )
 from chatservice.chat.fanout import FanOut
 from chatservice.chat.histories import JoinHistories
@@ -229,5 +230,8 @@ def test_orders_keep_the_json_earlier_versions_wrote_and_read() -> None:
     assert parse_order(direct) == DirectOrder("u2", "dm.ab", "alice")
     assert json.loads(order_json(DirectOrder("u2", "dm.ab", "alice"))) == direct
     assert parse_order({"kind": "displace", "name": "bob"}) == Displacement("bob")
-    for junk in ({"kind": "nuke"}, {"kind": "ban"}, {"kind": "mute", "name": "x", "until": "?"}):
-        assert parse_order(junk) is None
+    # A newer version's kind is kept and ignored; a malformed one too.
+    assert parse_order({"kind": "nuke", "until": 2e9}) == UnknownOrder("nuke")
+    assert parse_order({"kind": "ban"}) == UnknownOrder("ban", malformed=True)
+    assert parse_order({"kind": "mute", "name": "x", "until": "?"}).malformed  # type: ignore[union-attr]
+    assert parse_order([1]) == UnknownOrder(None, malformed=True)

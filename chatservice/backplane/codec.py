@@ -18,15 +18,17 @@ import json
 from typing import Any
 
 from chatservice.backplane.values import (
-    MODERATION_ACTIONS,
+    ORDERED_ACTIONS,
     DirectOrder,
     Displacement,
+    KnownOrder,
     ModerationOrder,
     Order,
+    UnknownOrder,
 )
 
 
-def order_fields(order: Order) -> dict[str, Any]:
+def order_fields(order: KnownOrder) -> dict[str, Any]:
     """`order` as a JSON-able object."""
     if isinstance(order, ModerationOrder):
         return {
@@ -43,23 +45,23 @@ def order_fields(order: Order) -> dict[str, Any]:
     return {"kind": "displace", "name": order.name}
 
 
-def order_json(order: Order) -> str:
-    """`order` as compact JSON text."""
+def order_json(order: KnownOrder) -> str:
+    """`order` as compact JSON text (as Redis has it)."""
     return json.dumps(order_fields(order), ensure_ascii=False, separators=(",", ":"))
 
 
-def parse_order(fields: object, replayed: bool = False) -> Order | None:
-    """The order a JSON object describes, or None if it describes none we know.
+def parse_order(fields: object, replayed: bool = False) -> Order:
+    """The order a decoded JSON object describes (`UnknownOrder` if none this version knows).
 
     Args:
         fields: The decoded JSON.
         replayed: Whether it is a kept order handed on again (see `ModerationOrder`).
     """
     if not isinstance(fields, dict):
-        return None
+        return UnknownOrder(None, malformed=True)
     kind = fields.get("kind")
     try:
-        if kind in MODERATION_ACTIONS:
+        if kind in ORDERED_ACTIONS:
             until = fields.get("until")
             room = fields.get("room")
             user = fields.get("user")
@@ -78,5 +80,14 @@ def parse_order(fields: object, replayed: bool = False) -> Order | None:
         if kind == "displace":
             return Displacement(str(fields["name"]))
     except (KeyError, TypeError, ValueError):
-        return None
-    return None
+        return UnknownOrder(str(kind), malformed=True)
+    return UnknownOrder(None if kind is None else str(kind))
+
+
+def ended(fields: object, now: float) -> bool:
+    """Whether a kept order (decoded JSON, of any kind) is over at `now`: its ``until`` passed."""
+    until = fields.get("until") if isinstance(fields, dict) else None
+    try:
+        return float(until or 0) <= now
+    except (TypeError, ValueError):
+        return True

@@ -14,14 +14,14 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from chatservice import logs
-from chatservice.backplane.codec import order_json, parse_order
+from chatservice.backplane.codec import order_fields, parse_order
 from chatservice.backplane.history import History
 from chatservice.backplane.roles import BackplaneEvents
 from chatservice.backplane.values import (
     JOIN_HISTORY,
+    KnownOrder,
     ModerationOrder,
     Notice,
-    Order,
     StoredMessage,
     Watched,
 )
@@ -145,13 +145,15 @@ class LocalBackplane:
     def announce(self, notice: Notice) -> None:
         """Nobody elsewhere to tell."""
 
-    def order(self, order: Order) -> None:
+    def order(self, order: KnownOrder) -> None:
         """Nobody elsewhere to tell."""
 
     def keep_order(self, order: ModerationOrder) -> None:
         """Kept in the history's database until it ends (one that ended is forgotten)."""
         until = order.until if order.until is not None else 0.0
-        self.history.keep_order(order.key, order_json(order), until).addErrback(
+        # (The JSON as it always was in the orders table: json.dumps's defaults.)
+        body = json.dumps(order_fields(order))
+        self.history.keep_order(order.key, body, until).addErrback(
             lambda failure: _log.failure(
                 "the order {key} could not be kept", failure, key=order.key
             )
@@ -162,6 +164,4 @@ class LocalBackplane:
         if self._events is None:
             return
         for body in self.history.orders():
-            order = parse_order(json.loads(body), replayed=True)
-            if order is not None:
-                self._events.on_order(order)
+            self._events.on_order(parse_order(json.loads(body), replayed=True))

@@ -46,6 +46,7 @@ from twisted.internet.defer import Deferred
 from chatservice.backplane.values import (
     JOIN_HISTORY,
     Deletion,
+    KnownOrder,
     ModerationOrder,
     Notice,
     Order,
@@ -162,7 +163,7 @@ class ControlBus(Protocol):
     def announce(self, notice: Notice) -> None:
         """Have every other instance tell all its connections `notice`."""
 
-    def order(self, order: Order) -> None:
+    def order(self, order: KnownOrder) -> None:
         """Hand `order` to every other instance."""
 
     def keep_order(self, order: ModerationOrder) -> None:

@@ -107,7 +107,7 @@ class Notice:
 
 #: What a moderation order does: close the user's connections (``kick``), keep
 #: them out (``ban``, of a room or the service) or quiet (``mute``).
-MODERATION_ACTIONS = ("kick", "ban", "mute")
+ORDERED_ACTIONS = ("kick", "ban", "mute")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class ModerationOrder:
     """A moderator's kick, ban or mute, carried out on every instance.
 
     Attributes:
-        action: One of `MODERATION_ACTIONS`.
+        action: One of `ORDERED_ACTIONS`.
         name: The user's name, as the moderator gave it.
         user: Its user id, if it is an identified user's name.
         room: The room of a ban or mute; None for the whole service (and a kick).
@@ -158,5 +158,16 @@ class Displacement:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class UnknownOrder:
+    """An order this version cannot carry out: of a `kind` it does not know (a newer
+    version's, during an upgrade), or `malformed`.  It is kept, and ignored here."""
+
+    kind: str | None
+    malformed: bool = False
+
+
 #: What one instance orders the others to do.
-Order = ModerationOrder | DirectOrder | Displacement
+KnownOrder = ModerationOrder | DirectOrder | Displacement
+#: What an instance may hear: an order, or one it cannot carry out.
+Order = KnownOrder | UnknownOrder

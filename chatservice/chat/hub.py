@@ -35,6 +35,7 @@ from chatservice.backplane.values import (
     Deletion,
     DirectOrder,
     Displacement,
+    ModerationOrder,
     Notice,
     Order,
     Presence,
@@ -461,5 +462,9 @@ class Hub:
             self.names.displace_named(order.name)
         elif isinstance(order, DirectOrder):
             self.conversations.told(order)
-        else:
+        elif isinstance(order, ModerationOrder):
             self.moderation.obey(order)
+        elif order.malformed:
+            _log.warn("ignored a malformed order of kind {kind!r}", kind=order.kind)
+        else:
+            _log.warn("ignored an order of unknown kind {kind!r}", kind=order.kind)

@@ -23,9 +23,9 @@ from chatservice.backplane.redis.subscriptions import Subscriptions
 from chatservice.backplane.roles import BackplaneEvents
 from chatservice.backplane.values import (
     JOIN_HISTORY,
+    KnownOrder,
     ModerationOrder,
     Notice,
-    Order,
     StoredMessage,
     Watched,
 )
@@ -188,7 +188,7 @@ class RedisBackplane:
         """Have every other instance tell all its connections `notice`."""
         self._control.announce(notice)
 
-    def order(self, order: Order) -> None:
+    def order(self, order: KnownOrder) -> None:
         """Hand `order` to every other instance."""
         self._control.order(order)
 

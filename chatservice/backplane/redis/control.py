@@ -18,12 +18,12 @@ import time
 from typing import Any
 
 from chatservice import logs
-from chatservice.backplane.codec import order_fields, order_json, parse_order
+from chatservice.backplane.codec import ended, order_fields, order_json, parse_order
 from chatservice.backplane.redis import codec
 from chatservice.backplane.redis.connection import RedisConnection, quietly
 from chatservice.backplane.redis.keys import Keys
 from chatservice.backplane.roles import BackplaneEvents
-from chatservice.backplane.values import ModerationOrder, Notice, Order
+from chatservice.backplane.values import KnownOrder, ModerationOrder, Notice
 
 _log = logs.logger("chatservice.redis_backplane")
 
@@ -58,7 +58,7 @@ class RedisControl:
         )
         quietly(self._connection.command("publish", self._keys.notices, payload), "announce")
 
-    def order(self, order: Order) -> None:
+    def order(self, order: KnownOrder) -> None:
         """Hand `order` to every other instance."""
         fields = order_fields(order)
         if not self._connection.ready:
@@ -94,11 +94,15 @@ class RedisControl:
         def replay(kept: dict[Any, Any]) -> None:
             now = time.time()
             for key, body in kept.items():
-                order = parse_order(json.loads(body), replayed=True)
-                if not isinstance(order, ModerationOrder) or (order.until or 0) <= now:
+                try:
+                    fields = json.loads(body)
+                except ValueError:
+                    fields = None
+                if ended(fields, now):
                     quietly(self._connection.command("hdel", self._keys.orders, key), "hdel")
                 elif self.events is not None:
-                    self.events.on_order(order)
+                    # (One this version does not know is kept: a newer one may.)
+                    self.events.on_order(parse_order(fields, replayed=True))
 
         d = self._connection.command("hgetall", self._keys.orders).addCallback(replay)
         quietly(d, "replay orders")
@@ -120,10 +124,6 @@ class RedisControl:
             )
             return
         if "order" in notice:
-            order = parse_order(notice["order"])
-            if order is None:
-                _log.warn("ignored an order of unknown kind {order!r}", order=notice["order"])
-            else:
-                self.events.on_order(order)
+            self.events.on_order(parse_order(notice["order"]))
         else:
             self.events.on_notice(announced)

@@ -18,7 +18,7 @@ from chatservice import logs
 from chatservice.backplane.redis import codec, scripts
 from chatservice.backplane.redis.connection import RedisConnection, quietly
 from chatservice.backplane.redis.keys import Keys
-from chatservice.backplane.values import Displacement, Order
+from chatservice.backplane.values import Displacement, KnownOrder
 
 _log = logs.logger("chatservice.redis_backplane")
 
@@ -38,7 +38,7 @@ class RedisNames:
         connection: RedisConnection,
         keys: Keys,
         instance: str,
-        order: Callable[[Order], object],
+        order: Callable[[KnownOrder], object],
     ) -> None:
         self._connection = connection
         self._keys = keys
