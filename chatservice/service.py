@@ -31,13 +31,13 @@ from chatservice.backplane.redis import RedisBackplane, parse_redis_url
 from chatservice.backplane.roles import Backplane
 from chatservice.chat.hub import Hub
 from chatservice.chat.identity import AuthPolicy
-from chatservice.chat.policy import OriginPolicy
 from chatservice.chat.session import ChatLimits
 from chatservice.config import Config
 from chatservice.counters import Counters
 from chatservice.systemd import Notifier
 from chatservice.web.endpoint import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.web.frames import TextFrame
+from chatservice.web.policy import OriginPolicy
 from chatservice.web.site import ChatSite, make_site
 from chatservice.workers.listening import (
     AnnouncingEndpoint,

@@ -16,9 +16,9 @@ from twisted.python import usage
 
 from chatservice.backplane.redis import parse_redis_url
 from chatservice.chat.identity import Verifier
-from chatservice.chat.policy import TrustedProxies, parse_origin_pattern
 from chatservice.config import AUTH_MODES, BUNDLED_STATIC, LOG_LEVELS, Config
 from chatservice.service import ChatService
+from chatservice.web.policy import TrustedProxies, parse_origin_pattern
 from chatservice.workers.listening import StartupError
 from chatservice.workers.master import Master
 from chatservice.workers.worker import WORKER_ENV, WorkerLink

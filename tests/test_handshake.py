@@ -21,8 +21,8 @@ from twisted.internet.threads import deferToThread
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from chatservice.chat.policy import TrustedProxies
 from chatservice.service import ChatService
+from chatservice.web.policy import TrustedProxies
 
 Serve = Callable[..., ChatService]
 

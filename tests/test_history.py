@@ -1,4 +1,4 @@
-"""The persistent chat history (chatservice/history.py).
+"""The persistent chat history (chatservice/backplane/history.py).
 
 Most tests run the SQLite work at once with `immediate_executor`, on database
 files under ``tmp_path``: no reactor, no threads.  One test runs the real

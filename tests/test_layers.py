@@ -109,7 +109,7 @@ def test_no_import_cycles() -> None:
 def test_the_layers_are_where_the_architecture_says() -> None:
     """The hub's units and the backplane's roles are in their own modules."""
     graph = imports()
-    for unit in ("rooms", "joins", "histories", "names", "signin", "direct", "moderating"):
+    for unit in ("rooms", "joins", "histories", "names", "signin", "direct", "moderators"):
         assert f"chatservice.chat.{unit}" in graph["chatservice.chat.hub"]
     assert "chatservice.backplane.roles" in graph["chatservice.chat.hub"]
     assert not any(

@@ -22,7 +22,8 @@ from chatservice.chat.messages import (
     parse_text,
     text_lines,
 )
-from chatservice.chat.policy import ConnectionLimits, FloodGuard, OriginPolicy, TokenBucket
+from chatservice.chat.policy import FloodGuard, TokenBucket
+from chatservice.web.policy import ConnectionLimits, OriginPolicy
 
 
 def frame(kind: object, payload: object = None) -> bytes:

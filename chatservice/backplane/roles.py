@@ -32,8 +32,9 @@ Events reach the hub through the one `BackplaneEvents` object it registers
 (`Backplane.register`).  A backplane that cannot do its work (Redis is down)
 fails with `Unavailable`.
 
-Each unit of the hub asks for the narrowest role it needs, so a test fake
-overrides one role and inherits the rest.
+Each unit of the hub asks for the narrowest role it needs, so a test fake of
+that unit's backplane implements one role, or overrides the methods of one
+role on `LocalBackplane`.
 """
 
 from __future__ import annotations

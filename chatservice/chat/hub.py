@@ -12,7 +12,7 @@ its concern:
 - `names.Names`: guests' names, identified users' names, displacement;
 - `signin.SignIn`: tokens, identities, deadlines and expiry;
 - `direct.Conversations`: direct conversations of two users;
-- `moderating.Moderation`: kicks, bans, mutes and deletions;
+- `moderators.Moderators`: kicks, bans, mutes and deletions;
 - `fanout.FanOut`: one event, framed once, to many connections.
 
 Nothing here touches a socket or the reactor (timers come from the injected
@@ -67,8 +67,8 @@ from chatservice.chat.messages import (
     Users,
     iso_time,
 )
-from chatservice.chat.moderating import Moderation
 from chatservice.chat.moderation import Sanctions, sanction_text
+from chatservice.chat.moderators import Moderators
 from chatservice.chat.names import Names
 from chatservice.chat.policy import FloodGuard, TokenBucket
 from chatservice.chat.rooms import LARGE_ROOM, PRESENCE_INTERVAL, Room, RoomPresence
@@ -156,7 +156,7 @@ class Hub:
             self.stats,
             self.close,
         )
-        self.moderation = Moderation(
+        self.moderators = Moderators(
             self.names,
             self.sanctions,
             backplane,
@@ -324,7 +324,7 @@ class Hub:
             case Direct():
                 return self.conversations.open(session, command)
             case Moderate() | Delete():
-                self.moderation.command(session, command)
+                self.moderators.command(session, command)
         return None
 
     def _say(self, session: Session, command: Say) -> None:
@@ -413,7 +413,7 @@ class Hub:
 
     def moderate(self, actor: str, command: Moderate) -> Deferred[dict[str, Any]]:
         """Kick, ban or mute a user on every instance; fires with what was done."""
-        return self.moderation.moderate(actor, command)
+        return self.moderators.moderate(actor, command)
 
     def delete_message(self, actor: str, room: str, message_id: int) -> Deferred[dict[str, Any]]:
         """Remove a message from `room` and its history; fires with what was done.
@@ -421,7 +421,7 @@ class Hub:
         Raises (through the Deferred):
             ProtocolError: ``no-such-message``.
         """
-        return self.moderation.delete_message(actor, room, message_id)
+        return self.moderators.delete_message(actor, room, message_id)
 
     def live_rooms(self) -> list[str]:
         """The rooms with members (or joiners) here."""
@@ -463,7 +463,7 @@ class Hub:
         elif isinstance(order, DirectOrder):
             self.conversations.told(order)
         elif isinstance(order, ModerationOrder):
-            self.moderation.obey(order)
+            self.moderators.obey(order)
         elif order.malformed:
             _log.warn("ignored a malformed order of kind {kind!r}", kind=order.kind)
         else:

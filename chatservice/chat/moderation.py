@@ -1,7 +1,7 @@
 """Bans and mutes: who may not do what, where, until when.
 
 A plain class without I/O; the hub's moderation workflow
-(`chatservice.chat.moderating`) applies moderators' orders to it, and the hub
+(`chatservice.chat.moderators`) applies moderators' orders to it, and the hub
 asks it before a join, a message or a token is accepted.
 Specified in docs/protocol.md ("Moderation").
 

@@ -17,7 +17,7 @@ from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.server import Request
 
 from chatservice import internals, logs
-from chatservice.chat.policy import TrustedProxies
+from chatservice.web.policy import TrustedProxies
 
 _log = logs.logger("chatservice.channel")
 

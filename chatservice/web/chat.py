@@ -29,7 +29,6 @@ from chatservice.chat.messages import (
     parse_text,
     text_lines,
 )
-from chatservice.chat.policy import Limits
 from chatservice.chat.session import Session
 from chatservice.config import Config
 from chatservice.counters import Counters
@@ -43,6 +42,7 @@ from chatservice.web.endpoint import (
     refuse_compression,
 )
 from chatservice.web.frames import TextFrame
+from chatservice.web.policy import Limits
 
 # Autobahn's protocol classes own `self.log`; ours is module level.  The
 # namespace is the one of every endpoint's events (see `logs.logger`).
@@ -168,8 +168,8 @@ class ChatProtocol(ServerProtocol):
             stats.bytes_sent += len(data)
 
     def deliver(self, frame: TextFrame) -> None:
-        # Counted by the hub, once per broadcast (not here, per member).
         """The hub's `Member`: a frame prepared once for many, queued for the next flush."""
+        # Counted by the hub, once per broadcast (not here, per member).
         if self.state != _OPEN:
             return
         # The frame as prepared once for everybody, straight to the transport

@@ -6,9 +6,9 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from chatservice import logs
-from chatservice.chat.policy import Limits
 from chatservice.config import Config
 from chatservice.web.endpoint import EndpointFactory, ServerProtocol
+from chatservice.web.policy import Limits
 
 # Autobahn's protocol classes own `self.log`; ours is module level.  The
 # namespace is the one of every endpoint's events (see `logs.logger`).
@@ -43,9 +43,9 @@ class EchoProtocol(ServerProtocol):
         pass
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Send the message straight back, text as text and binary as binary."""
         # Two int additions: what comes in goes straight back out, so the
         # sent counts are these (`EndpointFactory.echoes`).
-        """Send the message straight back, text as text and binary as binary."""
         stats = self.factory.stats
         stats.messages_received += 1
         stats.bytes_received += len(payload)

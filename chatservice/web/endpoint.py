@@ -24,7 +24,6 @@ from autobahn.websocket.compress import (
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 
 from chatservice import __version__, internals, logs
-from chatservice.chat.policy import Limits, OriginPolicy, TrustedProxies
 from chatservice.config import Config
 from chatservice.counters import (
     REJECT_ERROR,
@@ -34,6 +33,7 @@ from chatservice.counters import (
     Counters,
 )
 from chatservice.web import masking, quiet
+from chatservice.web.policy import Limits, OriginPolicy, TrustedProxies
 
 # Autobahn's protocol classes own `self.log`; ours is module level.  The
 # namespace is the one of every endpoint's events (see `logs.logger`).
@@ -161,12 +161,12 @@ class ServerProtocol(WebSocketServerProtocol):
                 del own[name]
 
     def dataReceived(self, data: bytes) -> None:
+        """Hand what came to Autobahn's frame parser in pieces of at most 4 KiB."""
         # Autobahn cuts every frame's header and payload off the front of its
         # receive buffer, copying what follows each time: many small frames in
         # one 64 KiB read cost a quadratic amount of copying.  Pieces bound it.
         # (Calling _dataReceived also skips formatting a debug line per read.
         # It is an internal, called directly here: every read goes through it.)
-        """Hand what came to Autobahn's frame parser in pieces of at most 4 KiB."""
         if self.state == _CLOSING:
             self._received_while_closing += len(data)
         if len(data) <= _RECEIVE_PIECE:

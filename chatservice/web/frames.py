@@ -1,7 +1,7 @@
 """Text frames built once and written to any number of connections.
 
 A chat event goes to every member of a room: it is encoded once per dialect
-(`chatservice.messages`) and framed once here, and the same bytes are written
+(`chatservice.chat.messages`) and framed once here, and the same bytes are written
 to every member.  Members that negotiated permessage-deflate (RFC 7692) get the
 same event compressed, also once: ``/chat`` accepts deflate only with
 ``server_no_context_takeover``, so every message is compressed on its own and

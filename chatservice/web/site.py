@@ -20,7 +20,6 @@ from chatservice import internals, logs
 from chatservice.backplane.roles import Backplane
 from chatservice.chat.hub import Hub
 from chatservice.chat.identity import AuthPolicy
-from chatservice.chat.policy import ConnectionLimits, Limits, TrustedProxies
 from chatservice.config import Config
 from chatservice.counters import Counters
 from chatservice.web.api import Api, Health
@@ -29,6 +28,7 @@ from chatservice.web.chat import ChatFactory
 from chatservice.web.echo import echo_factory
 from chatservice.web.endpoint import EndpointFactory
 from chatservice.web.metrics import Metrics, MetricsPage, SummedCollector
+from chatservice.web.policy import ConnectionLimits, Limits, TrustedProxies
 from chatservice.workers.scoreboard import CONFIGURED, OPEN, UP, Scoreboard, SharedConnectionLimits
 
 _NOT_FOUND = notFound()
@@ -74,9 +74,9 @@ class StaticFiles(static.File):
         return f
 
     def render(self, request: Request) -> bytes | int:
+        """The file, if it is really inside the root; else 404."""
         # A file that is really outside the root (the root itself a symlink's
         # target is fine: `root` is resolved) is refused before it is opened.
-        """The file, if it is really inside the root; else 404."""
         if not self._inside_root(self.path):
             return _NOT_FOUND.render(request)
         request.setHeader(b"X-Content-Type-Options", b"nosniff")

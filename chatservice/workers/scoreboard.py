@@ -151,7 +151,7 @@ def address_bucket(address: str) -> int:
 
 
 class SharedConnectionLimits:
-    """`chatservice.chat.policy.ConnectionLimits` for the whole service, over every worker.
+    """`chatservice.web.policy.ConnectionLimits` for the whole service, over every worker.
 
     Counts this worker's connections in its row and checks the limits against
     the sum of all rows.  Two workers accepting at the same instant may each

@@ -33,7 +33,7 @@ _log = logs.logger("chatservice.hub")
 DEFAULT_DURATIONS = {"ban": 3600.0, "mute": 600.0}
 
 
-class Moderation:
+class Moderators:
     """Carries out moderators' orders: from the chat, the HTTP API and other instances.
 
     Args:
