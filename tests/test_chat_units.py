@@ -25,6 +25,7 @@ from chatservice.backplane.values import (
 )
 from chatservice.chat.fanout import FanOut
 from chatservice.chat.histories import JoinHistories
+from chatservice.chat.identity import Identity
 from chatservice.chat.messages import JSON, TEXT, Join, ProtocolError, Say
 from chatservice.chat.moderation import Sanctions
 from chatservice.chat.names import Names
@@ -155,6 +156,25 @@ def test_a_displaced_guest_is_told_its_new_name(
     (renamed,) = client.got("chat-nick")
     assert renamed == {"old": "alice", "new": "guest-7", "rooms": []}
     assert "alice" in directory.released
+
+
+def test_an_identified_user_takes_a_name_a_guest_is_still_claiming(
+    names: tuple[Names, Directory], clock: Clock
+) -> None:
+    """With the directory a round trip away, a user signs in with the name a guest
+    here is claiming: the user has it, and the guest's claim is refused."""
+    unit, directory = names
+    guest = session_of(Client(1), clock)
+    claimed = unit.claim(guest, "alice", "chat-join")
+    user = session_of(Client(2), clock)
+    user.identity = Identity("u1", "Alice", (), False, None)
+    unit.sign_in(user, user.identity)
+    directory.claims[-1][1].callback(True)  # the guest's, answered after
+    failures: list[Any] = []
+    claimed.addErrback(failures.append)
+    assert failures[0].value.code == "username-taken"
+    assert (guest.name, user.name) == (None, "Alice")
+    assert unit.owner("alice") == "u1"
 
 
 class SlowLog:

@@ -90,6 +90,8 @@ class Names:
         except Exception:
             self._let_go(session, key, username)
             raise
+        if key in self._reserved:
+            taken = False  # an identified user took it meanwhile, here
         if not taken or not session.alive:
             self._let_go(session, key, username)
             if not taken:
@@ -157,7 +159,10 @@ class Names:
         self._reserved[key] = (identity.user, name)
         guest = self._holders.get(key)
         if guest is not None and guest is not session:
-            self.displace(guest)
+            if guest.name is not None and guest.name.casefold() == key:
+                self.displace(guest)
+            else:
+                del self._holders[key]  # its claim is on its way: refused (see `_take`)
         session.name = name
         self._connections.setdefault(identity.user, {})[session] = None
 
