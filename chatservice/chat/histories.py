@@ -73,6 +73,13 @@ class JoinHistories:
             return succeed(cached)
         return self._find(room, since, up_to).addCallback(self._encode, room, key)
 
+    def cached(
+        self, room: Room, up_to: int, since: int | None, dialect: Dialect
+    ) -> JoinHistory | None:
+        """What `read` would give, if it is encoded already; else None."""
+        cached: JoinHistory | None = room.history_frames.get((since, up_to, dialect))
+        return cached
+
     def forget(self, room: Room) -> None:
         """The room's messages changed: no history encoded so far is right any more."""
         room.history_frames.clear()

@@ -26,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from chatservice import logs
 from chatservice.backplane.roles import Backplane
@@ -361,14 +362,16 @@ class Hub:
             raise ProtocolError("name-fixed", "your name is your token's", "chat-nick")
         if old == username:
             return None
-        claimed = self.names.claim(session, username, "chat-nick")
-        return claimed.addCallback(self._renamed, session, old, username).addErrback(
-            lambda failure: report(session, failure)
-        )
+        self.names.hold(session, username, "chat-nick")
+        return ensureDeferred(self._rename(session, old, username))
 
-    def _renamed(self, _: object, session: Session, old: str | None, new: str) -> None:
-        if session.alive and old is not None:  # (named before any join: nobody to tell)
-            self.presence.renamed(session, old, new)
+    async def _rename(self, session: Session, old: str | None, new: str) -> None:
+        try:
+            await self.names.take(session, new, "chat-nick")
+            if session.alive and old is not None:  # (named before any join: nobody to tell)
+                self.presence.renamed(session, old, new)
+        except Exception:
+            report(session, Failure())
 
     def _checked_text(self, message: str) -> str:
         text = message.strip()

@@ -79,16 +79,16 @@ class Joins:
             username = self.names.guest_name(session.member)
         if username is None:
             raise ProtocolError("bad-username", "the first chat-join needs a username", "chat-join")
-        claimed = self.names.claim(session, username, "chat-join")
-        return ensureDeferred(self._join_named(session, command, claimed))
+        self.names.hold(session, username, "chat-join")
+        return ensureDeferred(self._join_named(session, command, username))
 
-    async def _join_named(self, session: Session, command: Join, claimed: Deferred[None]) -> None:
+    async def _join_named(self, session: Session, command: Join, username: str) -> None:
         try:
-            await claimed
+            await self.names.take(session, username, "chat-join")
             if session.alive:
-                entering = self.enter(session, command)
-                if entering is not None:
-                    await entering
+                begun = self._begin(session, command)
+                if begun is not None:
+                    await self._enter(session, *begun, command.since)
         except Exception:
             report(session, Failure())
 
@@ -121,6 +121,14 @@ class Joins:
 
         None when nothing is to wait for: its first join of the room is on the way.
         """
+        begun = self._begin(session, command)
+        if begun is None:
+            return None
+        return ensureDeferred(self._enter(session, *begun, command.since))
+
+    def _begin(self, session: Session, command: Join) -> tuple[Room, bool] | None:
+        """The room `session` joins (and whether it was in it already), the room
+        watched if new; None if its first join of the room is on the way."""
         name = command.room
         room = self.rooms.get(name)
         if room is None:
@@ -133,14 +141,20 @@ class Joins:
             return None  # its first join is on the way
         if not already:
             room.joining[session] = []
-        # The history up to the room's last message here; what comes after
-        # it waits in `room.joining`.
-        return ensureDeferred(self._enter(session, room, already, command.since))
+        return room, already
 
     async def _enter(self, session: Session, room: Room, already: bool, since: int | None) -> None:
+        """The history up to the room's last message here; what comes after it
+        waits in `room.joining`.  (In a storm of joins most rooms' positions are
+        known and most histories encoded already: those are taken as they are.)"""
+        dialect = session.member.dialect
         try:
-            up_to = await self._last_id(room)
-            history = await self.histories.read(room, up_to, since, session.member.dialect)
+            known = room.position is None and room.last is not None
+            up_to = room.last if known else await self._last_id(room)
+            assert up_to is not None
+            history = self.histories.cached(room, up_to, since, dialect)
+            if history is None:
+                history = await self.histories.read(room, up_to, since, dialect)
         except Exception:
             self._failed(Failure(), session, room, already)
             return

@@ -61,14 +61,19 @@ class Names:
         return name
 
     def claim(self, session: Session, username: str, type: str) -> Deferred[None]:
-        """Take `username` for guest `session`, here and on every instance.
-
-        Once taken, `session` has it (and its old name is given back).
+        """Take `username` for guest `session`, here and on every instance: `hold`, then `take`.
 
         Raises:
-            ProtocolError: ``username-taken`` or ``forbidden`` (a banned name)
-                here, at once; ``username-taken`` or ``unavailable`` through
-                the Deferred when the other instances are asked.
+            ProtocolError: As `hold` at once; as `take` through the Deferred.
+        """
+        self.hold(session, username, type)
+        return ensureDeferred(self.take(session, username, type))
+
+    def hold(self, session: Session, username: str, type: str) -> None:
+        """Hold `username` here for `session` while the other instances are asked (`take`).
+
+        Raises:
+            ProtocolError: ``username-taken``, or ``forbidden`` (a banned name).
         """
         key = username.casefold()
         holder = self._holders.get(key)
@@ -77,9 +82,15 @@ class Names:
         if self.sanctions and self.sanctions.find("ban", keys_of(username, None)):
             raise ProtocolError("forbidden", f"{username!r} is banned", type)
         self._holders[key] = session  # held here while the directory is asked
-        return ensureDeferred(self._take(session, username, type))
 
-    async def _take(self, session: Session, username: str, type: str) -> None:
+    async def take(self, session: Session, username: str, type: str) -> None:
+        """Claim the name `hold` holds over every instance; once taken, `session` has it
+        (and its old name is given back).
+
+        Raises:
+            ProtocolError: ``username-taken`` (another instance has it), or
+                ``unavailable``.
+        """
         key = username.casefold()
         conn_id = session.member.conn_id
         try:
@@ -162,7 +173,7 @@ class Names:
             if guest.name is not None and guest.name.casefold() == key:
                 self.displace(guest)
             else:
-                del self._holders[key]  # its claim is on its way: refused (see `_take`)
+                del self._holders[key]  # its claim is on its way: refused (see `take`)
         session.name = name
         self._connections.setdefault(identity.user, {})[session] = None
 
