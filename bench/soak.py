@@ -354,6 +354,7 @@ class Client:
             else:
                 iv["ids"].append(mid)
                 iv["live"].append((len(iv["ids"]) - 1, round(now(), 3)))
+                iv["stamped"].append((mid, parse_time(p["time"])))
             self.last_seen[room] = max(self.last_seen.get(room, 0), mid)
             sent = self.pending.pop(token, None)
             if sent is not None:
@@ -377,7 +378,10 @@ class Client:
                 "history": len(ids),
                 "ids": ids,
                 "t": round(now(), 2),
+                "at": time.time(),
                 "live": [],
+                # (id, server time) of each live message: see "not-recovered".
+                "stamped": [],
             }
             self.soak.intervals.append(iv)
             self.open[room] = iv
@@ -1098,7 +1102,7 @@ def check(soak: Soak, history: dict[str, dict[int, str]]) -> None:
                 soak.violation(
                     "duplicate" if repeated else "out-of-order",
                     {
-                        **{k: v for k, v in iv.items() if k not in ("ids", "live")},
+                        **{k: v for k, v in iv.items() if k not in ("ids", "live", "stamped")},
                         "pair": [a, b],
                         "index": at + 1,
                         "ids_around": ids[max(0, at - 5) : at + 8],
@@ -1118,7 +1122,7 @@ def check(soak: Soak, history: dict[str, dict[int, str]]) -> None:
             soak.violation(
                 "gap",
                 {
-                    **{k: v for k, v in iv.items() if k not in ("ids", "live")},
+                    **{k: v for k, v in iv.items() if k not in ("ids", "live", "stamped")},
                     "seen": len(ids),
                     "first": ids[0],
                     "last": high,
@@ -1128,17 +1132,22 @@ def check(soak: Soak, history: dict[str, dict[int, str]]) -> None:
             )
     soak.counts["intervals_checked"] = len(soak.intervals)
     # `recovered: false` only when the room no longer kept what came after `since`:
-    # fewer than HISTORY messages after it (up to the history's last) means it did.
+    # fewer than HISTORY messages after it, up to the history's last, means it did.
+    # An instance whose subscription lags (after it came back) ends the history at
+    # what it has passed on, while the room already holds later messages: those
+    # the client then got live but the server had stamped before the history
+    # reached it count too.
     for iv in soak.intervals:
         if iv["since"] is None or iv["recovered"] or not iv["ids"][: iv["history"]]:
             continue
         last = iv["ids"][iv["history"] - 1]
         after = sum(1 for m in history.get(iv["room"], {}) if iv["since"] < m <= last)
+        after += sum(1 for m, stamp in iv["stamped"] if m > last and stamp <= iv["at"])
         if after < HISTORY:
             soak.violation(
                 "not-recovered",
                 {
-                    **{k: v for k, v in iv.items() if k not in ("ids", "live")},
+                    **{k: v for k, v in iv.items() if k not in ("ids", "live", "stamped")},
                     "kept_after_since": after,
                 },
             )
