@@ -85,6 +85,15 @@ class Config:
             client gets a fresh token ("" for nowhere).
         private_rooms: ``--private-room`` glob patterns: rooms only users
             whose token grants them may enter.
+        webhook_url: Where the application hears the chat's events
+            (docs/hooks.md); "" for nowhere.
+        webhook_secret: The Standard Webhooks signing secret (``whsec_...``).
+        webhook_events: The event types sent (``--webhook-events``).
+        webhook_offline_delay: Seconds from a person's last room to their
+            ``user.offline`` (a reconnect within it sends nothing).
+        webhook_max_age: Seconds after which an event the receiver has not
+            taken is dropped (and counted).
+        webhook_timeout: Seconds a webhook request may take.
     """
 
     ports: tuple[str, ...] = ("tcp:8080",)
@@ -124,6 +133,17 @@ class Config:
     auth_timeout: float = 5.0
     auth_refresh_url: str = ""
     private_rooms: tuple[str, ...] = ()
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_events: frozenset[str] = frozenset()
+    webhook_offline_delay: float = 5.0
+    webhook_max_age: float = 24 * 3600.0
+    webhook_timeout: float = 10.0
+
+    @property
+    def hooks(self) -> frozenset[str]:
+        """The event types kept for the application: none without a webhook."""
+        return self.webhook_events if self.webhook_url else frozenset()
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -165,3 +185,5 @@ class Config:
             raise ValueError("auth-leeway must not be negative")
         if self.auth_timeout <= 0:
             raise ValueError("auth-timeout must be positive")
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("webhook needs a webhook-secret")

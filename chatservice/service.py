@@ -34,6 +34,7 @@ from chatservice.chat.identity import AuthPolicy
 from chatservice.chat.session import ChatLimits
 from chatservice.config import Config
 from chatservice.counters import Counters
+from chatservice.hooks.webhooks import WebhookSender
 from chatservice.systemd import Notifier
 from chatservice.web.endpoint import CLOSE_GOING_AWAY, SERVER_NAME
 from chatservice.web.frames import TextFrame
@@ -109,16 +110,37 @@ class ChatService(MultiService):
         self._history_open = False
         self.notifier = Notifier()
         self._watchdog: LoopingCall | None = None
-        self.history = History(config.database, config.history, self._run_history)
+        self.history = History(
+            config.database, config.history, self._run_history, hooks=config.hooks
+        )
         self.redis: RedisBackplane | None = None
+        self.local: LocalBackplane | None = None
         self.backplane: Backplane
         if config.redis:
             # Several instances: Redis keeps the history, SQLite is not used.
             self.backplane = self.redis = RedisBackplane(
-                parse_redis_url(config.redis), config.history, reactor, ttl=config.instance_ttl
+                parse_redis_url(config.redis),
+                config.history,
+                reactor,
+                ttl=config.instance_ttl,
+                hooks=config.hooks,
+                offline_delay=config.webhook_offline_delay,
             )
         else:
-            self.backplane = LocalBackplane(self.history)
+            self.backplane = self.local = LocalBackplane(
+                self.history, reactor, config.webhook_offline_delay
+            )
+        #: With --webhook: what sends the outbox's events to the application.
+        self.webhooks: WebhookSender | None = None
+        if config.webhook_url:
+            self.webhooks = WebhookSender(
+                self.backplane,
+                config.webhook_url,
+                config.webhook_secret,
+                reactor,
+                timeout=config.webhook_timeout,
+                max_age=config.webhook_max_age,
+            )
         self.auth = AuthPolicy.from_config(config)
         #: What /chat counts, with the hub: read by /metrics.
         self.stats = Counters()
@@ -138,6 +160,7 @@ class ChatService(MultiService):
             self.auth,
             self.stats,
             reactor,
+            webhooks=self.webhooks.stats if self.webhooks is not None else None,
             board=self.board,
             slot=worker.slot if worker else 0,
         )
@@ -183,6 +206,10 @@ class ChatService(MultiService):
             # (Started only now: a thread would keep a process that failed to
             # listen from exiting.)
             self._executor = ThreadExecutor(self.reactor)
+            assert self.local is not None
+            self.local.start()
+        if self.webhooks is not None and not self.running:
+            self.webhooks.start()
         super().startService()
         # Listening (twistd binds in privilegedStartService), the history
         # loaded, and (once the reactor runs) our signal handlers in place:
@@ -218,6 +245,11 @@ class ChatService(MultiService):
             self._master.close()
         d: Deferred[Any] = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self._close_connections())
+        if self.webhooks is not None:
+            webhooks = self.webhooks
+            d.addBoth(lambda _: webhooks.stop())
+        if self.local is not None:
+            d.addBoth(lambda _: self.local.stop() if self.local is not None else None)
         if self._executor is not None:
             d.addBoth(lambda _: self.history.close())
             d.addBoth(lambda _: self._stop_executor())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -14,9 +15,11 @@ from urllib.parse import urlsplit
 from twisted.application.service import IService
 from twisted.python import usage
 
+from chatservice.backplane.outbox import event_types
 from chatservice.backplane.redis import parse_redis_url
 from chatservice.chat.identity import Verifier
 from chatservice.config import AUTH_MODES, BUNDLED_STATIC, LOG_LEVELS, Config
+from chatservice.hooks.webhooks import check_secret
 from chatservice.service import ChatService
 from chatservice.web.policy import TrustedProxies, parse_origin_pattern
 from chatservice.workers.listening import StartupError
@@ -264,6 +267,47 @@ def refresh_url(value: str) -> str:
     return url
 
 
+def webhook_url(option: str, value: str) -> str:
+    """Check a URL the service calls out to: http(s), with a host.
+
+    Raises:
+        usage.UsageError: It is not.
+    """
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        ok = False
+    if not ok or any(c.isspace() for c in url):
+        raise usage.UsageError(f"--{option} {value!r}: must be an http:// or https:// URL")
+    return url
+
+
+#: Units of a duration (``--webhook-max-age 24h``).
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(option: str, value: str, minimum: float = 0) -> float:
+    """Convert a duration: seconds, or a number with s, m, h or d.
+
+    Raises:
+        usage.UsageError: Not a duration, or under `minimum` seconds.
+    """
+    text = str(value).strip().lower()
+    unit = _UNITS.get(text[-1:], 0)
+    try:
+        seconds = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        raise usage.UsageError(
+            f"--{option} {value!r}: must be a duration (seconds, or 30s, 15m, 24h, 7d)"
+        ) from None
+    if not seconds >= minimum or seconds == float("inf"):
+        raise usage.UsageError(f"--{option} {value!r}: must be at least {minimum:g} seconds")
+    return seconds
+
+
 #: Options that mean nothing with ``--auth off``.
 _AUTH_ONLY = ("auth-secret", "auth-public-key", "auth-audience", "auth-issuer", "auth-refresh-url")
 
@@ -385,6 +429,42 @@ class Options(usage.Options):
             "A PEM public key (RSA: RS256/384/512, EC: ES256/384/512, Ed25519: EdDSA) or "
             "a JWKS file whose keys a token's kid picks; checks tokens signed elsewhere.",
         ],
+        [
+            "webhook",
+            None,
+            None,
+            "Tell the application every chat event: POST them, signed (Standard Webhooks), "
+            "to this http(s) URL (docs/hooks.md). Needs --webhook-secret.",
+        ],
+        [
+            "webhook-secret",
+            None,
+            None,
+            "The webhooks' signing secret, whsec_ and base64, as the receiver's "
+            "standardwebhooks library takes it (default: $CHATSERVICE_WEBHOOK_SECRET).",
+        ],
+        [
+            "webhook-events",
+            None,
+            "all",
+            "The events sent, comma-separated: message.created, message.deleted, "
+            "room.entered, room.left, user.online, user.offline, moderation, or the "
+            "families message, room, user, all.",
+        ],
+        [
+            "webhook-offline-delay",
+            None,
+            "5",
+            "Seconds from a user's last room to user.offline: a reconnect within it sends nothing.",
+        ],
+        [
+            "webhook-max-age",
+            None,
+            "24h",
+            "An event the receiver has not taken after this long is dropped and counted "
+            "(seconds, or 30m, 24h, 7d).",
+        ],
+        ["webhook-timeout", None, "10", "Seconds a webhook request may take."],
         ["auth-audience", None, None, "The aud a token must name."],
         ["auth-issuer", None, None, "The iss a token must have."],
         [
@@ -529,8 +609,45 @@ class Options(usage.Options):
             chat_compression=switch("chat-compression", self["chat-compression"]),
             workers=worker_count,
             **auth,
+            **self._webhook_settings(),
             **numbers,
         )
+
+    def _webhook_settings(self) -> dict[str, Any]:
+        """The ``--webhook*`` options, as Config fields.
+
+        Raises:
+            usage.UsageError: A bad value, or options that need --webhook without it.
+        """
+        secret = self["webhook-secret"] or os.environ.get("CHATSERVICE_WEBHOOK_SECRET", "")
+        url = webhook_url("webhook", self["webhook"]) if self["webhook"] else ""
+        if not url:
+            for name in ("webhook-secret", "webhook-events", "webhook-offline-delay",
+                         "webhook-max-age", "webhook-timeout"):  # fmt: skip
+                if name in self._given:
+                    raise usage.UsageError(f"--{name}: needs --webhook")
+            return {}
+        if not secret:
+            raise usage.UsageError(
+                "--webhook: needs --webhook-secret (or $CHATSERVICE_WEBHOOK_SECRET): "
+                "whsec_ and base64, e.g. whsec_" + base64.b64encode(os.urandom(24)).decode()
+            )
+        try:
+            check_secret(secret)
+            events = event_types(str(self["webhook-events"]))
+        except ValueError as e:
+            name = "webhook-secret" if "secret" in str(e) else "webhook-events"
+            raise usage.UsageError(f"--{name}: {e}") from None
+        return {
+            "webhook_url": url,
+            "webhook_secret": secret,
+            "webhook_events": events,
+            "webhook_offline_delay": duration(
+                "webhook-offline-delay", self["webhook-offline-delay"]
+            ),
+            "webhook_max_age": duration("webhook-max-age", self["webhook-max-age"], 1),
+            "webhook_timeout": duration("webhook-timeout", self["webhook-timeout"], 0.001),
+        }
 
     def _auth_settings(self) -> dict[str, Any]:
         """The ``--auth*`` and ``--private-room`` options, as Config fields.

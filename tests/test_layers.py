@@ -21,10 +21,13 @@ RANKS = {
     "chatservice": 0,  # __init__, logs, config, counters, systemd: leaves
     "chatservice.backplane": 1,
     "chatservice.workers": 1,
-    "chatservice.chat": 2,
-    "chatservice.web": 3,
-    "chatservice.service": 4,
-    "chatservice.tap": 5,
+    # Calls out to the application: webhooks from the backplane's outbox,
+    # and the proxies' decisions that the chat's units ask for.
+    "chatservice.hooks": 2,
+    "chatservice.chat": 3,
+    "chatservice.web": 4,
+    "chatservice.service": 5,
+    "chatservice.tap": 6,
 }
 
 

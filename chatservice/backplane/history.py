@@ -27,7 +27,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol, TypeVar
@@ -39,6 +39,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from chatservice import logs
+from chatservice.backplane import outbox
+from chatservice.backplane.outbox import Queued
 from chatservice.backplane.values import JOIN_HISTORY, StoredMessage
 
 _log = logs.logger("chatservice.history")
@@ -80,6 +82,22 @@ CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
     newest_id INTEGER NOT NULL,
     pruned_id INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+-- With --webhook: the events the application has not acknowledged yet, in
+-- order (chatservice.backplane.outbox); at: when kept, seconds since the epoch.
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+-- With --webhook: who is in which room now (chatservice.backplane.attendance),
+-- so that a process that was killed still tells who left with it.
+CREATE TABLE IF NOT EXISTS present (
+    conn INTEGER NOT NULL,
+    room TEXT NOT NULL,
+    name TEXT NOT NULL,
+    user TEXT,
+    PRIMARY KEY (conn, room)
 ) WITHOUT ROWID;
 """
 
@@ -192,17 +210,27 @@ class History:
         keep: How many messages of each room are kept (0 keeps none, but ids
             are still never reused).
         executor: Where the SQLite work runs; see the module docstring.
+        hooks: The webhook event types kept in the outbox (``--webhook-events``);
+            none without ``--webhook``.
 
     Raises:
         ValueError: If ``keep`` is negative.
     """
 
-    def __init__(self, path: str, keep: int, executor: Executor) -> None:
+    def __init__(
+        self, path: str, keep: int, executor: Executor, hooks: frozenset[str] = frozenset()
+    ) -> None:
         if keep < 0:
             raise ValueError("the history length must not be negative")
         self.path = path
         self.keep = keep
         self._execute = executor
+        self.hooks = hooks
+        #: Events in the outbox (as far as this thread knows), and the oldest's time.
+        self._queued = 0
+        self._oldest: float | None = None
+        #: Who was in which room when the process last ended: (conn, room, name, user).
+        self.left_behind: list[tuple[int, str, str, str | None]] = []
         # Only ever used in the executor.
         self._db: sqlite3.Connection | None = None
         # Only ever used in the thread the Deferreds fire in.
@@ -287,8 +315,9 @@ class History:
             `sqlite3.Error` (or `OSError`) that prevented it.
         """
 
-        def loaded(found: tuple[dict[str, _Room], dict[str, str], dict[str, str], Any]) -> None:
-            rooms, self._orders, self._names, self._conversations = found
+        def loaded(found: tuple[Any, ...]) -> None:
+            rooms, self._orders, self._names, self._conversations, hooks = found
+            self._queued, self._oldest, self.left_behind = hooks
             self._rooms = rooms
             _log.info(
                 "history open path={path} keep={keep} rooms={rooms} messages={messages}",
@@ -328,6 +357,8 @@ class History:
             if self.observe_append is not None:
                 self.observe_append(perf_counter() - started)
             msg, pruned_id = result
+            if outbox.MESSAGE_CREATED in self.hooks:
+                self._queued_one(stamp)
             cached = self._rooms.get(room)
             if cached is None:
                 cached = self._rooms[room] = _Room(deque(maxlen=self.keep))
@@ -340,17 +371,21 @@ class History:
             _log.failure("history could not store a message in room={room}", failure, room=room)
             return failure
 
-        d = self._execute(lambda: self._append_db(room, username, message, time, user))
+        stamp = _now()
+        d = self._execute(lambda: self._append_db(room, username, message, time, user, stamp))
         return d.addCallbacks(stored, failed)
 
-    def delete(self, room: str, message_id: int) -> Deferred[bool]:
-        """Remove one kept message (moderation); True if it was kept.
+    def delete(self, room: str, message_id: int, by: str = "") -> Deferred[bool]:
+        """Remove one kept message (moderation, by `by`); True if it was kept.
 
         The room's marks stay: the id is never given again, and a ``since``
         recovery simply no longer contains it.
         """
+        stamp = _now()
 
         def deleted(found: bool) -> bool:
+            if found and outbox.MESSAGE_DELETED in self.hooks:
+                self._queued_one(stamp)
             cached = self._rooms.get(room)
             if cached is not None:
                 kept = [m for m in cached.messages if m.id != message_id]
@@ -359,8 +394,89 @@ class History:
                     found = True
             return found
 
-        d = self._execute(lambda: self._delete_db(room, message_id))
+        d = self._execute(lambda: self._delete_db(room, message_id, by, stamp))
         return d.addCallback(deleted)
+
+    # -- the webhook outbox (chatservice.backplane.outbox) --------------------
+
+    def _queued_one(self, at: float, n: int = 1) -> None:
+        self._queued += n
+        if self._oldest is None:
+            self._oldest = at
+
+    def record(
+        self,
+        bodies: Sequence[str],
+        arrived: Sequence[tuple[int, str, str, str | None]] = (),
+        departed: Sequence[tuple[int, str]] = (),
+    ) -> Deferred[None]:
+        """Keep events in the outbox, with who arrived in and departed from rooms, at once.
+
+        Args:
+            bodies: The events, as `chatservice.backplane.outbox.body` makes them.
+            arrived: (connection, room, name, user) now present.
+            departed: (connection, room) no longer present.
+        """
+        stamp = _now()
+
+        def run() -> None:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO outbox (at, body) VALUES (?, ?)", [(stamp, b) for b in bodies]
+                )
+                db.executemany("INSERT OR REPLACE INTO present VALUES (?, ?, ?, ?)", arrived)
+                db.executemany("DELETE FROM present WHERE conn = ? AND room = ?", departed)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+
+        def kept(_: None) -> None:
+            if bodies:
+                self._queued_one(stamp, len(bodies))
+
+        return self._execute(run).addCallback(kept)
+
+    def take(self, limit: int) -> Deferred[list[Queued]]:
+        """The oldest `limit` events not acknowledged yet (none without asking SQLite if none)."""
+        if self._queued <= 0:
+            return defer.succeed([])
+
+        def run() -> list[Queued]:
+            rows = self._connection().execute(
+                "SELECT id, at, body FROM outbox ORDER BY id LIMIT ?", (limit,)
+            )
+            return [Queued(f"evt_{id}", at, body) for id, at, body in rows]
+
+        def taken(events: list[Queued]) -> list[Queued]:
+            if not events:
+                self._queued, self._oldest = 0, None
+            else:
+                self._oldest = events[0].at
+            return events
+
+        return self._execute(run).addCallback(taken)
+
+    def done(self, ids: Sequence[str]) -> Deferred[None]:
+        """Forget acknowledged (or dropped) events."""
+        rows = [(int(i.removeprefix("evt_")),) for i in ids]
+
+        def run() -> tuple[int, float | None]:
+            db = self._connection()
+            db.executemany("DELETE FROM outbox WHERE id = ?", rows)
+            count, oldest = db.execute("SELECT count(*), min(at) FROM outbox").fetchone()
+            return count, oldest
+
+        def forgotten(state: tuple[int, float | None]) -> None:
+            self._queued, self._oldest = state
+
+        return self._execute(run).addCallback(forgotten)
+
+    def backlog(self) -> tuple[int, float | None]:
+        """How many events wait in the outbox, and when the oldest was kept."""
+        return self._queued, self._oldest
 
     def orders(self) -> list[str]:
         """The JSON of the orders kept (`keep_order`) and not over at the last start."""
@@ -430,7 +546,7 @@ class History:
             raise RuntimeError("the history is not open")
         return self._db
 
-    def _open_db(self) -> tuple[dict[str, _Room], dict[str, str], dict[str, str], Any]:
+    def _open_db(self) -> tuple[Any, ...]:
         if self._db is not None:
             raise RuntimeError("the history is already open")
         # Autocommit mode (isolation_level=None): transactions are explicit.
@@ -462,11 +578,13 @@ class History:
             conversations: dict[str, dict[str, str]] = {}
             for user, room, other in db.execute("SELECT user, room, other FROM conversations"):
                 conversations.setdefault(user, {})[room] = other
+            queued, oldest = db.execute("SELECT count(*), min(at) FROM outbox").fetchone()
+            present = list(db.execute("SELECT conn, room, name, user FROM present"))
         except BaseException:
             db.close()
             raise
         self._db = db
-        return loaded, orders, names, conversations
+        return loaded, orders, names, conversations, (queued, oldest, present)
 
     def _load_and_prune(self, db: sqlite3.Connection) -> dict[str, _Room]:
         rooms: dict[str, _Room] = {}
@@ -502,13 +620,26 @@ class History:
             raise
         return rooms
 
-    def _delete_db(self, room: str, message_id: int) -> bool:
+    def _delete_db(self, room: str, message_id: int, by: str, stamp: float) -> bool:
         db = self._connection()
-        cursor = db.execute("DELETE FROM messages WHERE room = ? AND id = ?", (room, message_id))
-        return cursor.rowcount > 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = db.execute(
+                "DELETE FROM messages WHERE room = ? AND id = ?", (room, message_id)
+            )
+            found = cursor.rowcount > 0
+            if found and outbox.MESSAGE_DELETED in self.hooks:
+                data = {"room": room, "id": message_id, "by": by}
+                event = outbox.body(outbox.MESSAGE_DELETED, outbox.iso(stamp), data)
+                db.execute("INSERT INTO outbox (at, body) VALUES (?, ?)", (stamp, event))
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        return found
 
     def _append_db(
-        self, room: str, username: str, message: str, time: str, user: str | None
+        self, room: str, username: str, message: str, time: str, user: str | None, stamp: float
     ) -> tuple[StoredMessage, int]:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
@@ -529,16 +660,26 @@ class History:
                 pruned_id = row[0]
                 db.execute("DELETE FROM messages WHERE room = ? AND id <= ?", (room, pruned_id))
             db.execute(_UPSERT_ROOM, (room, new_id, pruned_id))
+            stored = StoredMessage(new_id, room, username, message, time, user)
+            if outbox.MESSAGE_CREATED in self.hooks:
+                # In the message's own transaction: told to the application
+                # if and only if it was kept.
+                event = outbox.body(outbox.MESSAGE_CREATED, time, stored.payload())
+                db.execute("INSERT INTO outbox (at, body) VALUES (?, ?)", (stamp, event))
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
             raise
-        return StoredMessage(new_id, room, username, message, time, user), pruned_id
+        return stored, pruned_id
 
     def _close_db(self) -> None:
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def _now() -> float:
+    return time.time()
 
 
 def _rollback(db: sqlite3.Connection) -> None:

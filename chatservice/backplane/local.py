@@ -8,14 +8,20 @@ nothing to do.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 
 from chatservice import logs
+from chatservice.backplane import outbox
+from chatservice.backplane.attendance import Attendance, Made
 from chatservice.backplane.codec import order_fields, parse_order
 from chatservice.backplane.history import History
+from chatservice.backplane.outbox import Attendee, Queued
 from chatservice.backplane.roles import BackplaneEvents
 from chatservice.backplane.values import (
     JOIN_HISTORY,
@@ -33,15 +39,101 @@ class LocalBackplane:
     """One process: the SQLite `History`, messages passed on in-process.
 
     Every stored message goes to the events (watching costs nothing here).
+    With webhooks (the history's ``hooks``), the events the application hears
+    are kept in the history's outbox.
+
+    Args:
+        history: The SQLite history (its ``hooks``: the event types kept).
+        clock: The time, and the timer of the offline grace periods (the
+            global reactor if None).
+        offline_delay: Seconds from a person's last room to ``user.offline``.
     """
 
     guest_prefix = ""
     #: A process's own SQLite is always there (its failures are per call).
     problem = None
 
-    def __init__(self, history: History) -> None:
+    def __init__(self, history: History, clock: Any = None, offline_delay: float = 5.0) -> None:
         self.history = history
         self._events: BackplaneEvents | None = None
+        hooks = history.hooks
+        watched = {outbox.ROOM_ENTERED, outbox.ROOM_LEFT, outbox.USER_ONLINE, outbox.USER_OFFLINE}
+        #: Who is where, for the application (only if it hears of it).
+        self.attendance = Attendance(offline_delay) if hooks & watched else None
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self._sweep: LoopingCall | None = None
+
+    def start(self) -> None:
+        """Tell who left when the process last ended; time the grace periods."""
+        attendance = self.attendance
+        if attendance is None:
+            return
+        now = self._clock.seconds()
+        bodies: list[str] = []
+        departed = []
+        for conn, room, name, user in self.history.left_behind:
+            who = Attendee(name, user)
+            departed.append((conn, room))
+            if outbox.ROOM_LEFT in self.history.hooks:
+                bodies.append(
+                    outbox.body(outbox.ROOM_LEFT, outbox.iso(time.time()), who.data(room))
+                )
+            attendance.going(who, now + attendance.delay)
+        self.history.left_behind = []
+        if departed:
+            self._keep(bodies, departed=departed)
+        self._sweep = LoopingCall(self._offline)
+        self._sweep.clock = self._clock
+        self._sweep.start(min(1.0, attendance.delay or 1.0), now=False)
+
+    def stop(self) -> None:
+        """Stop timing the grace periods."""
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
+
+    def _offline(self) -> None:
+        assert self.attendance is not None
+        made = self.attendance.due(self._clock.seconds())
+        if made:
+            self._keep(self._bodies(made))
+
+    def _bodies(self, made: list[Made]) -> list[str]:
+        when = outbox.iso(time.time())
+        hooks = self.history.hooks
+        return [outbox.body(kind, when, data) for kind, data in made if kind in hooks]
+
+    def _keep(
+        self,
+        bodies: Sequence[str],
+        arrived: Sequence[tuple[int, str, str, str | None]] = (),
+        departed: Sequence[tuple[int, str]] = (),
+    ) -> None:
+        self.history.record(bodies, arrived, departed).addErrback(
+            lambda failure: _log.failure(
+                "webhook events could not be kept: {events}", failure, events=len(bodies)
+            )
+        )
+
+    # The outbox.
+
+    def record(self, kind: str, data: dict[str, object]) -> None:
+        """Keep an event for the application (if it hears of `kind`)."""
+        if kind in self.history.hooks:
+            self._keep([outbox.body(kind, outbox.iso(time.time()), data)])
+
+    def take(self, limit: int) -> Deferred[list[Queued]]:
+        """The oldest `limit` events the application has not acknowledged."""
+        return self.history.take(limit)
+
+    def done(self, ids: Sequence[str]) -> Deferred[None]:
+        """Forget events the application acknowledged (or that were dropped)."""
+        return self.history.done(ids)
+
+    def backlog(self) -> Deferred[tuple[int, float | None]]:
+        """How many events wait, and when the oldest was kept."""
+        return defer.succeed(self.history.backlog())
 
     def register(self, events: BackplaneEvents) -> None:
         """Hand every stored message and replayed order to `events` from now on."""
@@ -62,7 +154,7 @@ class LocalBackplane:
 
     def delete(self, room: str, message_id: int, by: str) -> Deferred[bool]:
         """Remove the message from SQLite (nobody elsewhere to tell)."""
-        return self.history.delete(room, message_id)
+        return self.history.delete(room, message_id, by)
 
     def watch(self, room: str) -> Deferred[Watched]:
         """Every room is passed on already: the position is its newest message."""
@@ -125,13 +217,27 @@ class LocalBackplane:
     # The presence relay: nobody elsewhere, the hub's own members are all there is.
 
     def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
-        """Nobody elsewhere to tell."""
+        """Nobody elsewhere to tell; the application may hear of it."""
+        if self.attendance is not None:
+            made = self.attendance.arrive(conn_id, room, Attendee(name, user))
+            self._keep(self._bodies(made), arrived=[(conn_id, room, name, user)])
 
     def left(self, room: str, conn_id: int, name: str) -> None:
-        """Nobody elsewhere to tell."""
+        """Nobody elsewhere to tell; the application may hear of it."""
+        if self.attendance is not None:
+            made = self.attendance.depart(conn_id, room, self._clock.seconds())
+            self._keep(self._bodies(made), departed=[(conn_id, room)])
 
     def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
-        """Nobody elsewhere to tell."""
+        """Nobody elsewhere to tell; to the application a guest's new name is a new person."""
+        attendance = self.attendance
+        if attendance is None:
+            return
+        for room in rooms:
+            who = attendance.present(conn_id, room)
+            if who is not None and who.user is None:
+                self.left(room, conn_id, old)
+                self.joined(room, conn_id, new)
 
     def typing(self, room: str, conn_id: int, name: str) -> None:
         """Nobody elsewhere to tell."""

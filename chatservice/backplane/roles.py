@@ -27,6 +27,8 @@ tests (tests/test_backplane.py):
   identified user's name is theirs for good.
 - Announcements and orders (`ControlBus`) reach every other instance; kept
   orders (bans, mutes) also instances that start later.
+- With webhooks, the events the application hears wait in an `Outbox`,
+  kept in the same write as what they tell.
 
 Events reach the hub through the one `BackplaneEvents` object it registers
 (`Backplane.register`).  A backplane that cannot do its work (Redis is down)
@@ -44,6 +46,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
+from chatservice.backplane.outbox import Queued
 from chatservice.backplane.values import (
     JOIN_HISTORY,
     Deletion,
@@ -179,7 +182,34 @@ class ControlBus(Protocol):
         """Hand the kept orders in force to the events' `on_order` (at start)."""
 
 
-class Backplane(MessageLog, PresenceRelay, NameDirectory, ControlBus, Protocol):
+class Outbox(Protocol):
+    """The events the application has not heard yet (docs/hooks.md), kept durably, in order.
+
+    Messages stored and deleted are kept in the write that stores or
+    deletes them; people entering and leaving rooms, coming online and going
+    offline, by `PresenceRelay`'s calls.  Nothing is kept without
+    ``--webhook``, or of a type not chosen (``--webhook-events``).
+    """
+
+    def record(self, kind: str, data: dict[str, object]) -> None:
+        """Keep an event (a moderation action) for the application, if it hears of `kind`."""
+
+    def take(self, limit: int) -> Deferred[list[Queued]]:
+        """The oldest `limit` events not acknowledged yet, for this instance to send.
+
+        With several instances one sends at a time (so that a room's events
+        arrive in order): the others are answered nothing.  What an instance
+        that died had taken is taken again by the next one.
+        """
+
+    def done(self, ids: Sequence[str]) -> Deferred[None]:
+        """Forget events the application acknowledged, or that were dropped."""
+
+    def backlog(self) -> Deferred[tuple[int, float | None]]:
+        """How many events wait, and when the oldest was kept (seconds since the epoch)."""
+
+
+class Backplane(MessageLog, PresenceRelay, NameDirectory, ControlBus, Outbox, Protocol):
     """Every role at once, as each backplane implements them."""
 
     @property

@@ -167,6 +167,7 @@ class Hub:
             self.close,
             self.stats,
             clock,
+            backplane,
         )
         backplane.register(self)
 

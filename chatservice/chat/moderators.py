@@ -18,7 +18,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chatservice import logs
-from chatservice.backplane.roles import ControlBus, MessageLog
+from chatservice.backplane.outbox import MODERATION
+from chatservice.backplane.roles import ControlBus, MessageLog, Outbox
 from chatservice.backplane.values import ModerationOrder, Unavailable
 from chatservice.chat.joins import Joins
 from chatservice.chat.messages import Delete, Moderate, ProtocolError, iso_time
@@ -46,6 +47,8 @@ class Moderators:
         close: Forgets and closes a connection (the hub's).
         stats: Where actions are counted.
         clock: The time.
+        outbox: Where the application hears of every action (with webhooks;
+            a deletion it hears of from the log, as ``message.deleted``).
     """
 
     def __init__(
@@ -59,7 +62,9 @@ class Moderators:
         close: Callable[[Member, int, str], None],
         stats: Counters,
         clock: IReactorTime,
+        outbox: Outbox | None = None,
     ) -> None:
+        self.outbox = outbox
         self.names = names
         self.sanctions = sanctions
         self.bus = bus
@@ -137,6 +142,11 @@ class Moderators:
             result["room"] = command.room
         if until is not None:
             result["until"] = iso_time(until) if duration else None
+        if self.outbox is not None:
+            told = dict(result, user=user)
+            if command.reason:
+                told["reason"] = command.reason
+            self.outbox.record(MODERATION, told)
         return result
 
     def delete_message(self, actor: str, room: str, message_id: int) -> Deferred[dict[str, Any]]:

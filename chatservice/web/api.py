@@ -403,9 +403,11 @@ class Health(Resource):
         uptime: Callable[[], float],
         problem: Callable[[], str | None] = lambda: None,
         workers: Callable[[], dict[str, object]] | None = None,
+        webhooks: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         super().__init__()
         self._workers = workers
+        self._webhooks = webhooks
         self._connections = connections
         self._uptime = uptime
         self._problem = problem
@@ -425,4 +427,8 @@ class Health(Resource):
         body.update(connections=self._connections(), uptime=round(self._uptime(), 3))
         if self._workers is not None:
             body["workers"] = self._workers()
+        if self._webhooks is not None:
+            # Reported, never a reason for 503: a receiver that is down is
+            # no reason to take this instance out of a load balancer.
+            body["webhooks"] = self._webhooks()
         return _json(request, code, body)

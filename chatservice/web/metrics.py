@@ -10,6 +10,7 @@ observation per stored chat message, never per delivery.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from twisted.web.server import Request
 from chatservice.counters import (
     Counters,
 )
+from chatservice.hooks.webhooks import WebhookStats
 from chatservice.workers.scoreboard import CONFIGURED, SAMPLES, SAMPLES_AT, UP, Scoreboard
 
 #: Buckets of the history append latency, in seconds (a commit is ~0.1-10 ms).
@@ -185,6 +187,51 @@ class Metrics:
             "Time from a history append to its commit (the message is durable), in seconds.",
             buckets=HISTORY_BUCKETS,
             registry=self.registry,
+        )
+
+
+class WebhookCollector(Collector):
+    """The webhooks' numbers (`chatservice.hooks.webhooks.WebhookStats`), at scrape time.
+
+    The queue is the deployment's (one outbox for every instance): only the
+    instance that sends it now reports it, so that a sum over workers is right.
+    """
+
+    def __init__(self, stats: WebhookStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        """The webhook metric families."""
+        stats = self._stats
+        mine = stats.sending
+        yield GaugeMetricFamily(
+            "chatservice_webhook_events_queued",
+            "Events waiting for the webhook receiver (reported by the instance sending them).",
+            value=stats.queued if mine else 0,
+        )
+        yield GaugeMetricFamily(
+            "chatservice_webhook_oldest_age_seconds",
+            "Seconds the oldest waiting event has waited (by the instance sending them).",
+            value=stats.oldest_age(time.time()) if mine else 0.0,
+        )
+        posts = CounterMetricFamily(
+            "chatservice_webhook_posts",
+            "Webhook requests, by outcome: ok (2xx), status (another status), "
+            "error (refused, reset), timeout.",
+            labels=["outcome"],
+        )
+        for outcome in ("ok", "status", "error", "timeout"):
+            posts.add_metric([outcome], stats.posts[outcome])
+        yield posts
+        yield CounterMetricFamily(
+            "chatservice_webhook_events_sent",
+            "Events the webhook receiver acknowledged (2xx).",
+            value=stats.sent,
+        )
+        yield CounterMetricFamily(
+            "chatservice_webhook_events_dropped",
+            "Events dropped for being older than --webhook-max-age.",
+            value=stats.dropped,
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,13 @@ from chatservice.chat.hub import Hub
 from chatservice.chat.identity import AuthPolicy
 from chatservice.config import Config
 from chatservice.counters import Counters
+from chatservice.hooks.webhooks import WebhookStats
 from chatservice.web.api import Api, Health
 from chatservice.web.channel import ChatChannel, access_log_formatter, without_token
 from chatservice.web.chat import ChatFactory
 from chatservice.web.echo import echo_factory
 from chatservice.web.endpoint import EndpointFactory
-from chatservice.web.metrics import Metrics, MetricsPage, SummedCollector
+from chatservice.web.metrics import Metrics, MetricsPage, SummedCollector, WebhookCollector
 from chatservice.web.policy import ConnectionLimits, Limits, TrustedProxies
 from chatservice.workers.scoreboard import CONFIGURED, OPEN, UP, Scoreboard, SharedConnectionLimits
 
@@ -148,6 +150,7 @@ def make_site(
     metrics_registry: CollectorRegistry | None = None,
     board: Scoreboard | None = None,
     slot: int = 0,
+    webhooks: WebhookStats | None = None,
 ) -> ChatSite:
     """Build the site every port serves.
 
@@ -167,6 +170,7 @@ def make_site(
             the connection limits, ``/healthz`` and ``/metrics`` are the whole
             service's, not this process's.
         slot: This worker's row of `board`.
+        webhooks: With ``--webhook``: what ``/healthz`` and ``/metrics`` say of it.
     """
     limits: Limits
     if board is None:
@@ -194,9 +198,12 @@ def make_site(
         lambda: seconds() - started,
         lambda: backplane.problem,
         None if board is None else lambda: workers_health(board, slot),
+        None if webhooks is None else lambda: webhooks.health(time.time()),
     )
     root.putChild(b"healthz", health)
     metrics = Metrics((("echo", echo), ("chat", chat)), metrics_registry)
+    if webhooks is not None:
+        metrics.registry.register(WebhookCollector(webhooks))
     if board is not None:
         summed = SummedCollector(metrics.registry, board, slot)
         exposed = CollectorRegistry(auto_describe=False)

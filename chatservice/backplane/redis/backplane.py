@@ -12,12 +12,14 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from chatservice.backplane.outbox import Queued
 from chatservice.backplane.redis.address import RedisAddress
 from chatservice.backplane.redis.connection import RedisConnection
 from chatservice.backplane.redis.control import RedisControl
 from chatservice.backplane.redis.keys import Keys
 from chatservice.backplane.redis.log import RedisMessageLog
 from chatservice.backplane.redis.names import RedisNames
+from chatservice.backplane.redis.outbox import RedisOutbox
 from chatservice.backplane.redis.presence import INSTANCE_TTL, RedisPresence
 from chatservice.backplane.redis.subscriptions import Subscriptions
 from chatservice.backplane.roles import BackplaneEvents
@@ -40,6 +42,8 @@ class RedisBackplane:
         reactor: The reactor (connections and their retries, heartbeats).
         prefix: Put before every key and channel name.
         ttl: Seconds after its last heartbeat that an instance is taken for dead.
+        hooks: The webhook event types kept in the outbox (none without ``--webhook``).
+        offline_delay: Seconds from a person's last room to ``user.offline``.
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class RedisBackplane:
         reactor: Any,
         prefix: str = "chatservice:",
         ttl: float = INSTANCE_TTL,
+        hooks: frozenset[str] = frozenset(),
+        offline_delay: float = 5.0,
     ) -> None:
         self.address = address
         self.keep = keep
@@ -61,10 +67,15 @@ class RedisBackplane:
         keys = self._keys = Keys(prefix, address.db)
         connection = self._connection = RedisConnection(address, reactor)
         self._subscriptions = Subscriptions(connection, keys, instance, keep)
-        self._messages = RedisMessageLog(connection, keys, instance, keep, self._subscriptions)
+        self._outbox = RedisOutbox(connection, keys, instance, hooks, offline_delay, reactor)
+        self._messages = RedisMessageLog(
+            connection, keys, instance, keep, self._subscriptions, self._outbox
+        )
         self._control = RedisControl(connection, keys, instance)
         self._names = RedisNames(connection, keys, instance, self._control.order)
-        self._presence = RedisPresence(connection, keys, instance, ttl, reactor, self._names)
+        self._presence = RedisPresence(
+            connection, keys, instance, ttl, reactor, self._names, self._outbox
+        )
         self._subscriptions.listen(keys.notices, self._control.received)
         # When the command connection comes (back), in this order: say this
         # instance is alive (and put back what Redis lost of it), replay the
@@ -91,10 +102,12 @@ class RedisBackplane:
         """Connect (and keep reconnecting) both connections; heartbeats."""
         self._connection.start()
         self._presence.start()
+        self._outbox.start()
 
     def stop(self) -> Deferred[Any]:
         """Leave (members and names go at once, not after `ttl`), then close both connections."""
         self._presence.stop()
+        self._outbox.stop()
         return self._connection.close(self._presence.leave)
 
     @property
@@ -181,6 +194,24 @@ class RedisBackplane:
     def conversations(self, user: str) -> Deferred[dict[str, str]]:
         """User `user`'s direct conversations: room -> the other's name."""
         return self._names.conversations(user)
+
+    # -- the webhook outbox ------------------------------------------------------
+
+    def record(self, kind: str, data: dict[str, object]) -> None:
+        """Keep an event (a moderation action) for the application, if it hears of `kind`."""
+        self._outbox.record(kind, data)
+
+    def take(self, limit: int) -> Deferred[list[Queued]]:
+        """The oldest `limit` events for this instance to send ([] unless it sends now)."""
+        return self._outbox.take(limit)
+
+    def done(self, ids: Sequence[str]) -> Deferred[None]:
+        """Forget events the application acknowledged, or that were dropped."""
+        return self._outbox.done(ids)
+
+    def backlog(self) -> Deferred[tuple[int, float | None]]:
+        """How many events wait, and when the oldest was kept."""
+        return self._outbox.backlog()
 
     # -- the control bus ---------------------------------------------------------
 

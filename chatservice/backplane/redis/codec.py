@@ -95,6 +95,12 @@ def member_name(value: Any) -> str:
     return text(value).partition(USER_MARK)[0]
 
 
+def member_user(value: Any) -> str | None:
+    """The user id in a members hash's value, None for a guest."""
+    _, mark, user = text(value).partition(USER_MARK)
+    return user if mark else None
+
+
 def watched(position: int, flat: list[Any], instance: str) -> Watched:
     """`position`, and who is in a room on other instances than `instance`.
 

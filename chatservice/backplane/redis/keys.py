@@ -20,6 +20,20 @@ Keys (``chatservice:`` is the default prefix)::
     chatservice:instance:<id>:rooms  set: rooms it has had members in
     chatservice:instance:<id>:names  set: names it has claimed
 
+With ``--webhook`` (`chatservice.backplane.redis.outbox`)::
+
+    chatservice:hooks:outbox         stream: events for the application, field "e";
+                                     consumer group "webhooks"
+    chatservice:hooks:poster         the instance that sends them now (expires)
+    chatservice:hooks:online         hash: person -> their connections' rooms
+    chatservice:hooks:going          sorted set: person -> when they go offline (ms)
+    chatservice:hooks:who            hash: person -> {"user", "name"}
+    chatservice:hooks:room:<room>:people  hash: person -> their connections in it
+    chatservice:instance:<id>:present     hash: "<connection>\\x1f<room>" ->
+                                     person, \\x1f, {"user", "name"}
+
+(A person is ``user:<id>``, or ``guest:<name casefolded>``.)
+
 The layout is shared by every instance, of every version, on one Redis: it
 does not change.  The `REAP` script (`chatservice.backplane.redis.scripts`)
 builds a room's members key and channel itself, from `Keys.prefix` and
@@ -77,6 +91,10 @@ class Keys:
     def instance(self, instance: str, what: str = "") -> str:
         """Instance `instance`'s key: its heartbeat, or (`what`) its ``rooms`` or ``names`` set."""
         return f"{self.prefix}instance:{instance}" + (f":{what}" if what else "")
+
+    def hooks(self, what: str) -> str:
+        """A webhook key: ``outbox``, ``poster``, ``online``, ``going``, ``who``, ``room:``."""
+        return f"{self.prefix}hooks:{what}"
 
     def directs(self, user: str) -> str:
         """The hash of user `user`'s direct conversations."""

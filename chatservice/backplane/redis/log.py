@@ -7,14 +7,17 @@ its subscription brings it back, in id order with every other instance's
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from chatservice.backplane import outbox
 from chatservice.backplane.redis import codec, scripts
 from chatservice.backplane.redis.connection import RedisConnection
 from chatservice.backplane.redis.keys import Keys
+from chatservice.backplane.redis.outbox import RedisOutbox
 from chatservice.backplane.redis.subscriptions import Subscriptions
 from chatservice.backplane.values import JOIN_HISTORY, StoredMessage, Watched
 
@@ -28,6 +31,8 @@ class RedisMessageLog:
         instance: This instance's id (deletions say where they come from).
         keep: How many messages of each room are kept (``--history``).
         subscriptions: The watched rooms, whose messages it passes on.
+        hooks: The webhook outbox (which keeps stored and deleted messages'
+            events in the same script, if the application hears of them).
     """
 
     def __init__(
@@ -37,7 +42,11 @@ class RedisMessageLog:
         instance: str,
         keep: int,
         subscriptions: Subscriptions,
+        hooks: RedisOutbox,
     ) -> None:
+        self._created = outbox.MESSAGE_CREATED in hooks.hooks
+        self._deleted = outbox.MESSAGE_DELETED in hooks.hooks
+        self._outbox = hooks.outbox_key or ""
         self._connection = connection
         self._keys = keys
         self._instance = instance
@@ -56,6 +65,9 @@ class RedisMessageLog:
             self._keys.rooms,
         ]
         args = [self._keep, room, codec.message_json(room, username, message, time, user)]
+        if self._created:
+            keys.append(self._outbox)
+            args.append(outbox.body_prefix(outbox.MESSAGE_CREATED, time))
         d = self._connection.command("eval", scripts.STORE, keys, args)
         return d.addCallback(lambda id: StoredMessage(int(id), room, username, message, time, user))
 
@@ -64,7 +76,12 @@ class RedisMessageLog:
         member = codec.member_id(self._instance, 0)
         event = codec.deletion_json(room, member, message_id, by)
         keys = [self._keys.log(room), self._keys.channel(room)]
-        d = self._connection.command("eval", scripts.DELETE, keys, [message_id, event])
+        args: list[object] = [message_id, event]
+        if self._deleted:
+            keys.append(self._outbox)
+            data = {"room": room, "id": message_id, "by": by}
+            args.append(outbox.body(outbox.MESSAGE_DELETED, outbox.iso(time.time()), data))
+        d = self._connection.command("eval", scripts.DELETE, keys, args)
         return d.addCallback(lambda n: int(n) > 0)
 
     def watch(self, room: str) -> Deferred[Watched]:

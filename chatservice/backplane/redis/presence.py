@@ -16,10 +16,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from chatservice import logs
+from chatservice.backplane.outbox import Attendee
 from chatservice.backplane.redis import codec, scripts
 from chatservice.backplane.redis.connection import RedisConnection, quietly
 from chatservice.backplane.redis.keys import Keys
 from chatservice.backplane.redis.names import RedisNames
+from chatservice.backplane.redis.outbox import RedisOutbox
 
 _log = logs.logger("chatservice.redis_backplane")
 
@@ -42,6 +44,7 @@ class RedisPresence:
         ttl: Seconds after its last heartbeat that an instance is taken for dead.
         reactor: The heartbeats' clock.
         names: This instance's names, to put back with its members.
+        hooks: Where who is where is told to the application (with webhooks).
     """
 
     def __init__(
@@ -52,7 +55,9 @@ class RedisPresence:
         ttl: float,
         reactor: Any,
         names: RedisNames,
+        hooks: RedisOutbox,
     ) -> None:
+        self._hooks = hooks
         self._connection = connection
         self._keys = keys
         self._instance = instance
@@ -93,6 +98,7 @@ class RedisPresence:
         if self._connected_before:
             self._restore()
         self._connected_before = True
+        self._hooks.resync(self._memberships)
 
     def _restore(self) -> None:
         """Put back this instance's names and members (after an outage, or being reaped)."""
@@ -145,6 +151,7 @@ class RedisPresence:
 
     def _reaped(self, done: Any, instance: str) -> None:
         if int(done):
+            self._hooks.reaped(instance)
             _log.info(
                 "redis: instance {instance} stopped sending heartbeats; its members left",
                 instance=instance,
@@ -158,6 +165,7 @@ class RedisPresence:
         value = codec.member_value(name, user)
         self._memberships.setdefault(room, {})[member] = value
         self._publish_join(room, member, value, always=True)
+        self._hooks.arrived(room, conn_id, Attendee(name, user))
 
     def _publish_join(self, room: str, member: str, name: str, always: bool) -> None:
         if not self._connection.ready:
@@ -180,6 +188,7 @@ class RedisPresence:
             members.pop(member, None)
             if not members:
                 del self._memberships[room]
+        self._hooks.departed(room, conn_id)
         if not self._connection.ready:
             return
         event = codec.presence_json("leave", room, member, name)
@@ -192,6 +201,10 @@ class RedisPresence:
         for room in rooms:
             members = self._memberships.get(room)
             if members is not None and member in members:
+                if codec.member_user(members[member]) is None:
+                    # To the application a guest's new name is a new person.
+                    self._hooks.departed(room, conn_id)
+                    self._hooks.arrived(room, conn_id, Attendee(new))
                 members[member] = new
         if not self._connection.ready:
             return
