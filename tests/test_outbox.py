@@ -382,3 +382,35 @@ async def test_the_people_of_a_dead_instance_leave(instances: Make) -> None:
         ("user.offline", "hank"),
     ]
     assert ("room.left", "ida") not in [(e["type"], e["data"]["name"]) for e in got]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopped_process_keeps_who_was_going_offline(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sqlite3")
+    history = History(path, 100, immediate_executor, hooks=ALL)
+    history.open()
+    before = LocalBackplane(history, reactor, 60.0)
+    before.start()
+    before.joined("r", 1, "jane", "u9")
+    before.left("r", 1, "jane")  # the last client closed at shutdown
+    before.stop()
+    assert [e["type"] for e in await events(before)] == [
+        "user.online",
+        "room.entered",
+        "room.left",
+    ]
+    await before.done([e["id"] for e in await events(before)])
+    again = History(path, 100, immediate_executor, hooks=ALL)
+    again.open()
+    # Started again: jane's grace period ends when it would have.
+    assert [(n, u) for n, u, _ in again.going_behind] == [("jane", "u9")]
+    after = LocalBackplane(again, reactor, 60.0)
+    after.start()
+    try:
+        assert after.attendance is not None
+        assert [who.name for who, _ in after.attendance.goers()] == ["jane"]
+        assert after.attendance.due(reactor.seconds() + 61) == [
+            ("user.offline", {"user": "u9", "name": "jane"})
+        ]
+    finally:
+        after.stop()

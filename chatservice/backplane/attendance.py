@@ -92,6 +92,10 @@ class Attendance:
         if who.key not in self._online:
             self._going.setdefault(who.key, (at, who))
 
+    def goers(self) -> list[tuple[Attendee, float]]:
+        """Who is in their grace period, and when it ends."""
+        return [(who, at) for at, who in self._going.values()]
+
     def due(self, now: float) -> list[Made]:
         """The ``user.offline`` events whose grace period is over at `now`."""
         over = [key for key, (at, _) in self._going.items() if at <= now]

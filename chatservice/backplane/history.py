@@ -99,6 +99,13 @@ CREATE TABLE IF NOT EXISTS present (
     user TEXT,
     PRIMARY KEY (conn, room)
 ) WITHOUT ROWID;
+-- With --webhook: who was in their grace period when the process stopped
+-- (user.offline at `at`, seconds since the epoch, unless they are back).
+CREATE TABLE IF NOT EXISTS going (
+    name TEXT NOT NULL,
+    user TEXT,
+    at REAL NOT NULL
+);
 """
 
 _UPSERT_ROOM = """
@@ -231,6 +238,8 @@ class History:
         self._oldest: float | None = None
         #: Who was in which room when the process last ended: (conn, room, name, user).
         self.left_behind: list[tuple[int, str, str, str | None]] = []
+        #: Who was in their grace period then: (name, user, when they go offline).
+        self.going_behind: list[tuple[str, str | None, float]] = []
         # Only ever used in the executor.
         self._db: sqlite3.Connection | None = None
         # Only ever used in the thread the Deferreds fire in.
@@ -317,7 +326,7 @@ class History:
 
         def loaded(found: tuple[Any, ...]) -> None:
             rooms, self._orders, self._names, self._conversations, hooks = found
-            self._queued, self._oldest, self.left_behind = hooks
+            self._queued, self._oldest, self.left_behind, self.going_behind = hooks
             self._rooms = rooms
             _log.info(
                 "history open path={path} keep={keep} rooms={rooms} messages={messages}",
@@ -409,6 +418,7 @@ class History:
         bodies: Sequence[str],
         arrived: Sequence[tuple[int, str, str, str | None]] = (),
         departed: Sequence[tuple[int, str]] = (),
+        going: Sequence[tuple[str, str | None, float]] | None = None,
     ) -> Deferred[None]:
         """Keep events in the outbox, with who arrived in and departed from rooms, at once.
 
@@ -416,6 +426,8 @@ class History:
             bodies: The events, as `chatservice.backplane.outbox.body` makes them.
             arrived: (connection, room, name, user) now present.
             departed: (connection, room) no longer present.
+            going: If not None, who is in their grace period now (replacing
+                what was kept of it).
         """
         stamp = _now()
 
@@ -428,6 +440,9 @@ class History:
                 )
                 db.executemany("INSERT OR REPLACE INTO present VALUES (?, ?, ?, ?)", arrived)
                 db.executemany("DELETE FROM present WHERE conn = ? AND room = ?", departed)
+                if going is not None:
+                    db.execute("DELETE FROM going")
+                    db.executemany("INSERT INTO going VALUES (?, ?, ?)", going)
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -580,11 +595,12 @@ class History:
                 conversations.setdefault(user, {})[room] = other
             queued, oldest = db.execute("SELECT count(*), min(at) FROM outbox").fetchone()
             present = list(db.execute("SELECT conn, room, name, user FROM present"))
+            going = list(db.execute("SELECT name, user, at FROM going"))
         except BaseException:
             db.close()
             raise
         self._db = db
-        return loaded, orders, names, conversations, (queued, oldest, present)
+        return loaded, orders, names, conversations, (queued, oldest, present, going)
 
     def _load_and_prune(self, db: sqlite3.Connection) -> dict[str, _Room]:
         rooms: dict[str, _Room] = {}

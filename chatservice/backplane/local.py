@@ -81,17 +81,21 @@ class LocalBackplane:
                     outbox.body(outbox.ROOM_LEFT, outbox.iso(time.time()), who.data(room))
                 )
             attendance.going(who, now + attendance.delay)
-        self.history.left_behind = []
-        if departed:
-            self._keep(bodies, departed=departed)
+        for name, user, at in self.history.going_behind:
+            attendance.going(Attendee(name, user), at)
+        self.history.left_behind, self.history.going_behind = [], []
+        self._keep(bodies, departed=departed, going=[])
         self._sweep = LoopingCall(self._offline)
         self._sweep.clock = self._clock
         self._sweep.start(min(1.0, attendance.delay or 1.0), now=False)
 
     def stop(self) -> None:
-        """Stop timing the grace periods."""
+        """Stop timing the grace periods; keep who is in one, for the next start."""
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
+        if self.attendance is not None:
+            going = [(who.name, who.user, at) for who, at in self.attendance.goers()]
+            self._keep([], going=going)
 
     def _offline(self) -> None:
         assert self.attendance is not None
@@ -109,8 +113,9 @@ class LocalBackplane:
         bodies: Sequence[str],
         arrived: Sequence[tuple[int, str, str, str | None]] = (),
         departed: Sequence[tuple[int, str]] = (),
+        going: Sequence[tuple[str, str | None, float]] | None = None,
     ) -> None:
-        self.history.record(bodies, arrived, departed).addErrback(
+        self.history.record(bodies, arrived, departed, going).addErrback(
             lambda failure: _log.failure(
                 "webhook events could not be kept: {events}", failure, events=len(bodies)
             )

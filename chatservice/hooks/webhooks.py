@@ -266,12 +266,11 @@ class WebhookSender:
             await treq.content(response)  # read it all: the connection is reused
             if not 200 <= response.code < 300:
                 outcome, detail = "status", f"status {response.code}"
-        except CancelledError:
-            outcome, detail = "timeout", f"no answer within {self.timeout:g} s"
-        except (ConnectTimeout, ResponseNeverReceived) as e:
-            outcome, detail = "error", _reason(e)
         except Exception as e:
-            outcome, detail = "error", _reason(e)
+            if _timed_out(e):
+                outcome, detail = "timeout", f"no answer within {self.timeout:g} s"
+            else:
+                outcome, detail = "error", _reason(e)
         self.stats.posts[outcome] += 1
         if outcome != "ok":
             self._failed(detail, len(events))
@@ -299,6 +298,18 @@ class WebhookSender:
         )
         self._logged_at = now
         self._failures_unlogged = 0
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether a request failed for taking longer than its timeout (treq cancels it)."""
+    if isinstance(error, CancelledError | ConnectTimeout):
+        return True
+    if isinstance(error, ResponseNeverReceived):
+        return any(
+            isinstance(r, Failure) and r.check(CancelledError, ConnectTimeout)
+            for r in error.reasons
+        )
+    return False
 
 
 def _reason(error: BaseException) -> str:
