@@ -8,7 +8,10 @@ is used in plain (non-Twisted) tests; the server is a separate process.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -1125,3 +1128,47 @@ def test_a_chat_that_requires_sign_in_tells_a_guest_so(
     signed_in(alice, "alice")
     say(alice, "members only")
     expect(said(alice, "lobby", "members only")).to_have_count(1)
+
+
+def test_a_message_posted_in_the_web_client_reaches_the_operators_receiver_at_once(
+    start_server: Callable[..., Twistd], pages: Pages, tmp_path: Path
+) -> None:
+    """The README's path for a newcomer: etc/webhooks/receiver.py hears what is said."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    port = free_port()
+    printed = tmp_path / "receiver.out"
+    receiver = Path(__file__).resolve().parent.parent / "etc" / "webhooks" / "receiver.py"
+    with printed.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(receiver), str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "CHATSERVICE_WEBHOOK_SECRET": secret},
+        )
+    try:
+        server = start_server("--webhook", f"http://127.0.0.1:{port}/", "--webhook-secret", secret)
+        page = pages.open(server.url)
+        enter_chat(page, "newcomer")
+        said_at = time.monotonic()
+        say(page, "hello, application")
+        heard_at = None
+        while time.monotonic() - said_at < 5:
+            lines = printed.read_text().splitlines()
+            created = [
+                json.loads(line.split(" ", 1)[1])
+                for line in lines
+                if line.startswith("message.created ")
+            ]
+            if created:
+                heard_at = time.monotonic()
+                break
+            time.sleep(0.01)
+        assert heard_at is not None, printed.read_text()
+        assert heard_at - said_at < 1.0
+        assert created[0]["username"] == "newcomer"
+        assert created[0]["message"] == "hello, application"
+        assert created[0]["room"] == "lobby"
+        assert any(line.startswith("room.entered ") for line in printed.read_text().splitlines())
+    finally:
+        process.terminate()
+        process.wait(10)
