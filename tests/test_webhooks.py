@@ -139,8 +139,8 @@ async def test_a_failing_receiver_gets_the_same_request_again_until_it_takes_it(
     assert [e["data"]["message"] for e in first[1]["events"]] == ["one"]
     # ... and only then what came after.
     assert [e["data"]["message"] for e in fourth[1]["events"]] == ["two"]
+    await wait_until(lambda: sender.stats.posts["ok"] == 2)
     assert sender.stats.posts["status"] == 2
-    assert sender.stats.posts["ok"] == 2
 
 
 @pytest_twisted.ensureDeferred
