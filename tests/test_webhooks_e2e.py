@@ -397,6 +397,34 @@ def test_events_stored_before_a_sigkill_are_sent_after_the_restart(
     assert order == sorted(order)
 
 
+def test_a_receiver_that_fails_or_hangs_is_retried_with_the_same_request(
+    servers: Callable[..., Server], receiver: ReceiverProcess, tmp_path: Path
+) -> None:
+    receiver.start("--hang")
+    server = servers(
+        *("--database", str(tmp_path / "chat.sqlite3")),
+        *hooks(receiver, "--webhook-timeout", "0.5", "--webhook-events", "message"),
+    )
+    stored = server.say("r", "patience")
+    timeouts = 'chatservice_webhook_posts_total{outcome="timeout"}'
+    eventually(lambda: server.metrics()[timeouts] >= 1, what="a timed out post")
+    receiver.kill()
+    receiver.start("--fail-first", "1")  # a 500, then 204s
+    eventually(lambda: receiver.events(), what="the message")
+    metrics = server.metrics()
+    assert metrics['chatservice_webhook_posts_total{outcome="status"}'] == 1
+    assert metrics['chatservice_webhook_posts_total{outcome="ok"}'] == 1
+    assert metrics["chatservice_webhook_events_sent_total"] == 1
+    (taken,) = receiver.events()
+    assert taken.type == "message.created" and taken.data == stored
+    # The request the receiver took is the one that timed out and failed: one webhook-id
+    # for every attempt, so that a receiver can tell a retry from a new request.
+    assert re.fullmatch(r"msg_[0-9a-f]{32}", taken.webhook_id)
+    tried = receiver.attempts()
+    assert [code for code, _ in tried][-1] == 500 and None in [code for code, _ in tried]
+    assert {webhook_id for _, webhook_id in tried} == {taken.webhook_id}
+
+
 # -- on Redis -----------------------------------------------------------------------
 
 

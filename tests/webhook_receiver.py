@@ -12,7 +12,8 @@ port N`` (and writes N to `--port-file`).
 
 To fail on purpose: ``--fail-first N`` answers the first N requests 500,
 ``--status CODE`` answers every request CODE (nothing recorded), ``--hang``
-never answers.  A request answered anything but 2xx records nothing.
+never answers.  Such a request records only ``{"answered": CODE or null,
+"webhook_id"}`` (`attempts` reads them).
 
 Imported, it starts and stops such processes (`ReceiverProcess`) and reads
 what they recorded (`read_log`, `events`).
@@ -88,9 +89,22 @@ def read_log(path: Path) -> tuple[list[Received], list[dict[str, Any]]]:
             continue
         if "bad" in record:
             bad.append(record)
-        else:
+        elif "event" in record:
             taken.append(Received(record["webhook_id"], record["at"], record["event"]))
     return taken, bad
+
+
+def attempts(path: Path) -> list[tuple[int | None, str]]:
+    """The requests answered on purpose with a failure (or never): (status, webhook-id)."""
+    found = []
+    for line in path.read_text("utf-8").splitlines() if path.exists() else ():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "answered" in record:
+            found.append((record["answered"], record["webhook_id"]))
+    return found
 
 
 def events(path: Path, kind: str | None = None) -> list[Received]:
@@ -194,6 +208,10 @@ class ReceiverProcess:
         """What it took so far (of type `kind`)."""
         return events(self.out, kind)
 
+    def attempts(self) -> list[tuple[int | None, str]]:
+        """The requests it failed on purpose: (status or None if it hung, webhook-id)."""
+        return attempts(self.out)
+
     def bad(self) -> list[dict[str, Any]]:
         """The requests it refused as not properly signed."""
         return read_log(self.out)[1]
@@ -229,8 +247,6 @@ def serve(argv: Sequence[str] | None = None) -> None:
 
         def render_POST(self, request: Any) -> bytes | int:
             nonlocal answered
-            if args.hang:
-                return server.NOT_DONE_YET
             body = request.content.read()
             headers = {
                 name.decode("latin-1").lower(): values[-1].decode("latin-1")
@@ -238,8 +254,20 @@ def serve(argv: Sequence[str] | None = None) -> None:
             }
             webhook_id = headers.get("webhook-id")
             answered += 1
-            if answered <= args.fail_first or not 200 <= args.status < 300:
-                request.setResponseCode(500 if answered <= args.fail_first else args.status)
+            failing = None  # with --hang: never answered
+            if args.hang:
+                pass
+            elif answered <= args.fail_first:
+                failing = 500
+            elif not 200 <= args.status < 300:
+                failing = args.status
+            if args.hang or failing is not None:
+                record = {"answered": failing, "webhook_id": webhook_id}
+                out.write(json.dumps(record).encode() + b"\n")
+                out.flush()
+                if args.hang:
+                    return server.NOT_DONE_YET
+                request.setResponseCode(failing)
                 return b"not now\n"
             try:
                 webhook.verify(body, headers)
