@@ -1,4 +1,4 @@
-"""bench/soak.py's processes: chatservice instances, a redis-server, RSS, logs.
+"""bench/soak.py's processes: chatservice instances, a redis-server, a webhook receiver, RSS, logs.
 
 Everything runs on 127.0.0.1 on free ports, in a temporary directory; every
 process started here is stopped by `stop` (SIGTERM, then SIGKILL).
@@ -12,11 +12,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from webhook_receiver import SECRET as WEBHOOK_SECRET  # noqa: E402
+from webhook_receiver import ReceiverProcess  # noqa: E402
+
 TWISTD = ROOT / ".venv" / "bin" / "twistd"
 ADMIN_TOKEN = "soak-admin-token"
 #: Messages kept per room (--history): small, so that the servers' caches are
@@ -34,6 +40,17 @@ SERVER_LIMITS = (
     *("--max-connections-per-address", "100000"),
     *("--shutdown-timeout", "2"),
 )
+
+
+def webhook_receiver(workdir: Path) -> ReceiverProcess:
+    """The receiver every instance sends its webhooks to (tests/webhook_receiver.py):
+    it checks each request's signature and records the events in ``webhooks.jsonl``."""
+    return ReceiverProcess(workdir / "webhooks.jsonl", WEBHOOK_SECRET)
+
+
+def webhook_options(receiver: ReceiverProcess) -> tuple[str, ...]:
+    """The options that send an instance's events to `receiver`."""
+    return ("--webhook", receiver.url, "--webhook-secret", WEBHOOK_SECRET)
 
 
 def free_port() -> int:

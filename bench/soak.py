@@ -38,7 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import itertools
 
-from _soak_servers import ADMIN_TOKEN, HISTORY, SERVER_LIMITS, Instance, Redis, rss_kib, tracebacks
+from _soak_servers import (
+    ADMIN_TOKEN,
+    HISTORY,
+    SERVER_LIMITS,
+    Instance,
+    Redis,
+    rss_kib,
+    tracebacks,
+    webhook_options,
+    webhook_receiver,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -56,6 +66,10 @@ FAULT_WINDOW = (-3.0, 20.0)
 FAULT_SETTLE = 5.0
 #: The RSS rule (rss_report): warm points, the span judged, the growth allowed.
 RSS_WARMUP, LIFE_WARMUP, RSS_SPAN, RSS_GROWTH_PCT = 0.4, 60.0, 0.3, 5.0
+#: Seconds the webhooks may take, once the load is over, to bring the receiver every
+#: kept message (a retry backs off to 16 s after a few failures; on Redis a
+#: killed sender's batch is claimed after 10 s).
+WEBHOOK_DRAIN = 90.0
 WORDS = "the quick brown fox jumps over a lazy dog while soak tests run on".split()
 
 T0 = time.monotonic()
@@ -110,6 +124,8 @@ class Soak:
         self.server_closes: list[dict[str, Any]] = []
         self.load_end = 0.0
         self.recorder = Recorder(self)
+        self.receiver = webhook_receiver(workdir)
+        self.webhooks = Webhooks(self)
 
     def violation(self, kind: str, example: Any) -> None:
         self.violations[kind].append(example)
@@ -117,12 +133,17 @@ class Soak:
     # --- the servers -----------------------------------------------------------
 
     def start_servers(self) -> None:
+        hooks: tuple[str, ...] = ()
+        if not self.args.no_webhooks:
+            self.receiver.start()
+            log(f"webhook receiver on port {self.receiver.port}")
+            hooks = webhook_options(self.receiver)
         if self.args.topology == "single":
-            self.instances = [Instance("A", self.workdir, ())]
+            self.instances = [Instance("A", self.workdir, hooks)]
         else:
             self.redis = Redis(self.workdir)
             self.redis.start()
-            extra = ("--redis", self.redis.url)
+            extra = ("--redis", self.redis.url, *hooks)
             self.instances = [
                 Instance("A", self.workdir, extra),
                 Instance("B", self.workdir, extra),
@@ -137,6 +158,7 @@ class Soak:
             inst.stop()
         if self.redis is not None:
             self.redis.stop()
+        self.receiver.stop()
 
     def pick(self, rng: random.Random, avoid: Instance | None = None) -> Instance:
         choices = [i for i in self.instances if i is not avoid] or self.instances
@@ -1086,6 +1108,114 @@ class Recorder:
         return self.kept
 
 
+class Webhooks:
+    """What the webhook receiver got (it stays up all run; the faults hit the servers).
+
+    Every kept message must reach it as a ``message.created`` event, at least once,
+    with its text; read from the receiver's file as it grows.
+    """
+
+    def __init__(self, soak: Soak):
+        self.soak = soak
+        self.offset = 0
+        self.events: list[dict[str, Any]] = []  # {"webhook_id", "at", "event"}, as received
+        self.created: dict[tuple[str, int], str] = {}  # (room, id) -> message, first seen
+        self.bad: list[dict[str, Any]] = []
+
+    def read(self) -> None:
+        """Take in the complete lines the receiver wrote since the last read."""
+        try:
+            with open(self.soak.receiver.out, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        for line in chunk[:end].splitlines():
+            record = json.loads(line)
+            if "bad" in record:
+                self.bad.append(record)
+                continue
+            self.events.append(record)
+            event = record["event"]
+            if event["type"] == "message.created":
+                data = event["data"]
+                self.created.setdefault((data["room"], data["id"]), data["message"])
+
+    def missing(self, history: dict[str, dict[int, str]]) -> dict[str, list[int]]:
+        """room -> the kept message ids the receiver has not had."""
+        self.read()
+        gone = {
+            room: sorted(m for m in msgs if (room, m) not in self.created)
+            for room, msgs in history.items()
+        }
+        return {room: ids for room, ids in gone.items() if ids}
+
+    def drain(self, history: dict[str, dict[int, str]]) -> float:
+        """Wait (the servers still up) until every kept message reached the receiver, at
+        most WEBHOOK_DRAIN seconds; the seconds waited."""
+        started = time.monotonic()
+        while self.missing(history) and time.monotonic() - started < WEBHOOK_DRAIN:
+            time.sleep(0.2)
+        return round(time.monotonic() - started, 2)
+
+    def check(self, history: dict[str, dict[int, str]]) -> dict[str, Any]:
+        soak = self.soak
+        for room, ids in sorted(self.missing(history).items()):
+            soak.violation("webhook-missing", {"room": room, "count": len(ids), "ids": ids[:10]})
+        for (room, mid), text in self.created.items():
+            kept = history.get(room, {}).get(mid)
+            if kept is None:
+                soak.violation("webhook-not-kept", {"room": room, "id": mid, "text": text[:40]})
+            elif kept != text:
+                soak.violation(
+                    "webhook-wrong-message",
+                    {"room": room, "id": mid, "sent": text[:40], "kept": kept[:40]},
+                )
+        for bad in self.bad[:5]:
+            soak.violation("webhook-bad-request", bad)
+        # Per room, the first time each message came: in id order (the outbox's).
+        last: dict[str, int] = {}
+        first_seen: set[tuple[str, int]] = set()
+        lag_ms: list[float] = []
+        for record in self.events:
+            event = record["event"]
+            if event["type"] != "message.created":
+                continue
+            room, mid = event["data"]["room"], event["data"]["id"]
+            if (room, mid) in first_seen:
+                continue
+            first_seen.add((room, mid))
+            lag_ms.append((record["at"] - parse_time(event["time"])) * 1000)
+            if mid < last.get(room, 0):
+                soak.violation(
+                    "webhook-out-of-order", {"room": room, "id": mid, "after": last[room]}
+                )
+            last[room] = max(last.get(room, 0), mid)
+        ids = Counter(record["event"]["id"] for record in self.events)
+        created = Counter(
+            (r["event"]["data"]["room"], r["event"]["data"]["id"])
+            for r in self.events
+            if r["event"]["type"] == "message.created"
+        )
+        return {
+            "events_received": len(self.events),
+            "by_type": dict(sorted(Counter(r["event"]["type"] for r in self.events).items())),
+            "duplicate_events": sum(n - 1 for n in ids.values()),
+            "duplicate_messages": sum(n - 1 for n in created.values()),
+            "requests": len({r["webhook_id"] for r in self.events}),
+            "bad_requests": len(self.bad),
+            "messages_kept": sum(len(m) for m in history.values()),
+            "messages_received": len(self.created),
+            "lag_ms": {
+                "p50": pct(lag_ms, 50),
+                "p99": pct(lag_ms, 99),
+                "max": round(max(lag_ms), 1) if lag_ms else None,
+            },
+        }
+
+
 def check(soak: Soak, history: dict[str, dict[int, str]]) -> None:
     tokens = {
         text.split(" ", 1)[0]: (room, mid)
@@ -1315,9 +1445,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(soak.start_servers)
             await load(soak)
             history = await asyncio.to_thread(soak.recorder.final)
+            drained = None
+            if not args.no_webhooks:
+                drained = await asyncio.to_thread(soak.webhooks.drain, history)
+                log(f"webhooks: the receiver had every kept message {drained} s after the load")
         finally:
             await asyncio.to_thread(soak.stop_servers)
         check(soak, history)
+        webhooks: dict[str, Any] = {"off": True}
+        if not args.no_webhooks:
+            webhooks = {**soak.webhooks.check(history), "drain_s": drained}
         logs = {}
         for inst in soak.instances:
             found = tracebacks(inst.log_path)
@@ -1333,10 +1470,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             keep.mkdir(parents=True, exist_ok=True)
             for f in workdir.glob("*.log"):
                 (keep / f.name).write_bytes(f.read_bytes())
-        return report(soak, logs)
+        return report(soak, logs, webhooks)
 
 
-def report(soak: Soak, logs: dict[str, Any]) -> dict[str, Any]:
+def report(soak: Soak, logs: dict[str, Any], webhooks: dict[str, Any]) -> dict[str, Any]:
     args = soak.args
     rss = rss_report(soak)
     latency = latency_report(soak)
@@ -1355,7 +1492,10 @@ def report(soak: Soak, logs: dict[str, Any]) -> dict[str, Any]:
             "topology": args.topology,
             "clients": args.clients,
             "slow_clients": args.slow_clients,
-            "server_options": list(SERVER_LIMITS),
+            "server_options": [
+                *SERVER_LIMITS,
+                *(() if args.no_webhooks else ("--webhook", "http://127.0.0.1:PORT/hooks")),
+            ],
             "faults": not args.no_faults,
             "rss_interval_s": args.rss_interval,
             "history": HISTORY,
@@ -1367,6 +1507,7 @@ def report(soak: Soak, logs: dict[str, Any]) -> dict[str, Any]:
         "flooders": soak.floods,
         "garbage": dict(soak.garbage),
         "latency_ms": latency,
+        "webhooks": webhooks,
         "rss": {
             "processes": rss,
             "rule": f"growth above {RSS_GROWTH_PCT:g}% from the first sample after a "
@@ -1398,6 +1539,9 @@ def main() -> int:
     )
     parser.add_argument("--out", metavar="FILE", help="write the JSON document here")
     parser.add_argument("--no-faults", action="store_true", help="load only, no faults")
+    parser.add_argument(
+        "--no-webhooks", action="store_true", help="no --webhook (to see what webhooks cost)"
+    )
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the server logs here")
     args = parser.parse_args()
     if not Path(__file__).resolve().parent.parent.joinpath(".venv/bin/twistd").exists():
@@ -1423,6 +1567,10 @@ def main() -> int:
             for k in ("messages_sent", "messages_delivered", "faults", "intervals_checked")
         },
         "delivery_quiet_p99_ms": latency["delivery_quiet"]["p99"],
+        **{
+            f"webhook_{k}": document["webhooks"].get(k)
+            for k in ("events_received", "messages_received", "duplicate_events", "drain_s")
+        },
     }
     log(f"summary: {json.dumps(summary)}")
     for kind, v in document["violations"].items():
