@@ -480,12 +480,15 @@ class History:
 
         def run() -> tuple[int, float | None]:
             db = self._connection()
-            db.executemany("DELETE FROM outbox WHERE id = ?", rows)
-            count, oldest = db.execute("SELECT count(*), min(at) FROM outbox").fetchone()
-            return count, oldest
+            deleted = db.executemany("DELETE FROM outbox WHERE id = ?", rows).rowcount
+            # The first row by id, not min(at) nor count(*): both would scan
+            # the whole table, after every batch of a long backlog.
+            first = db.execute("SELECT at FROM outbox ORDER BY id LIMIT 1").fetchone()
+            return deleted, first[0] if first else None
 
         def forgotten(state: tuple[int, float | None]) -> None:
-            self._queued, self._oldest = state
+            deleted, self._oldest = state
+            self._queued = max(0, self._queued - deleted) if self._oldest is not None else 0
 
         return self._execute(run).addCallback(forgotten)
 
