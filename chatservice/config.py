@@ -85,6 +85,15 @@ class Config:
             client gets a fresh token ("" for nowhere).
         private_rooms: ``--private-room`` glob patterns: rooms only users
             whose token grants them may enter.
+        connect_proxy: URL the application is asked at who a new ``/chat``
+            connection is ("" for none; docs/hooks.md).
+        publish_proxy: URL the application is asked at before a message is stored.
+        join_proxy: URL the application is asked at before a join.
+        join_proxy_rooms: ``--join-proxy-room`` glob patterns: the rooms the
+            join proxy decides about (every room if none).
+        proxy_headers: ``--proxy-header`` names: the request headers the
+            connect proxy is told of.
+        proxy_timeout: Seconds a proxy has to answer.
     """
 
     ports: tuple[str, ...] = ("tcp:8080",)
@@ -124,6 +133,12 @@ class Config:
     auth_timeout: float = 5.0
     auth_refresh_url: str = ""
     private_rooms: tuple[str, ...] = ()
+    connect_proxy: str = ""
+    publish_proxy: str = ""
+    join_proxy: str = ""
+    join_proxy_rooms: tuple[str, ...] = ()
+    proxy_headers: tuple[str, ...] = ()
+    proxy_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -165,3 +180,11 @@ class Config:
             raise ValueError("auth-leeway must not be negative")
         if self.auth_timeout <= 0:
             raise ValueError("auth-timeout must be positive")
+        if self.connect_proxy and self.auth == "off":
+            raise ValueError("connect-proxy needs auth optional or required")
+        if self.join_proxy_rooms and not self.join_proxy:
+            raise ValueError("join-proxy-room needs join-proxy")
+        if self.proxy_headers and not self.connect_proxy:
+            raise ValueError("proxy-header needs connect-proxy")
+        if not 0 < self.proxy_timeout < float("inf"):
+            raise ValueError("proxy-timeout must be positive")

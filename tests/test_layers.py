@@ -22,6 +22,9 @@ RANKS = {
     "chatservice.backplane": 1,
     "chatservice.workers": 1,
     "chatservice.chat": 2,
+    # The application's hooks: they speak the chat's values, and the hub knows
+    # them through its own interfaces (chatservice.chat.gate), given by service.py.
+    "chatservice.hooks": 2.5,
     "chatservice.web": 3,
     "chatservice.service": 4,
     "chatservice.tap": 5,
