@@ -522,3 +522,59 @@ async def test_a_join_proxy_without_a_usable_answer_refuses_as_unavailable(
         "lobby",
     )
     assert not_joined["code"] == "not-joined"
+
+
+# The client itself, against a real HTTP server.
+
+
+class Recorder(Resource):
+    """Answers each POST with the next of `answers` (status, headers, body); records headers."""
+
+    isLeaf = True
+
+    def __init__(self, answers: list[tuple[int, dict[bytes, bytes], bytes]]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.seen: list[dict[bytes, list[bytes]]] = []
+
+    def render_POST(self, request: Request) -> bytes:
+        self.seen.append(dict(request.requestHeaders.getAllRawHeaders()))
+        status, headers, body = self.answers.pop(0)
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_client_keeps_no_cookie_follows_no_redirect_and_reads_no_huge_answer() -> None:
+    from chatservice.hooks.proxy import MAX_ANSWER, BadAnswer, ProxyClient, Result
+
+    recorder = Recorder(
+        [
+            (200, {b"Set-Cookie": b"tracker=1; Path=/"}, b'{"result": {"a": 1}}'),
+            (200, {}, b'{"result": {}}'),
+            (302, {b"Location": b"/elsewhere"}, b""),
+            (200, {}, b'{"result": {"pad": "' + b"x" * MAX_ANSWER + b'"}}'),
+            (200, {}, b'{"result": {}}'),
+        ]
+    )
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(recorder))
+    client = ProxyClient(reactor, 2.0)
+    url = f"http://127.0.0.1:{port.getHost().port}/decide"
+    try:
+        assert await client.call(url, {"q": 1}) == Result({"a": 1})
+        assert await client.call(url, {"q": 2}) == Result({})
+        outcomes = []
+        for _ in range(2):
+            try:
+                await client.call(url, {"q": 3})
+            except BadAnswer as e:
+                outcomes.append(e.reason)
+        assert outcomes == ["it answered HTTP 302", f"the answer is over {MAX_ANSWER} bytes"]
+        assert await client.call(url, {"q": 4}) == Result({})  # and it still works
+    finally:
+        await client.close()
+        await port.stopListening()
+    assert b"Cookie" not in recorder.seen[1]
+    assert recorder.seen[0][b"Content-Type"] == [b"application/json; charset=UTF-8"]
