@@ -434,3 +434,44 @@ def test_a_failing_call_never_escapes_as_a_traceback() -> None:
         Clock().seconds,
     )
     assert failure_of(g.publish("lobby", None, "a", "b")).code == "unavailable"  # type: ignore[attr-defined]
+
+
+def test_with_auth_required_a_guest_answer_still_needs_a_token_in_time(
+    history: History, clock: Clock, prepare: Prepare
+) -> None:
+    proxies = FakeProxies()
+    auth = AuthPolicy("required", Verifier(SECRET, leeway=0), (), 5.0, 0.0, "")
+    g = ProxyGate(ProxySettings(connect="http://app/c"), proxies, clock.seconds)
+    hub = Hub(LocalBackplane(history), clock, prepare, server="t", auth=auth, gate=g)
+    client = Client(1)
+    session = hub.connect(client)
+    hub.start(session, None, HANDSHAKE)
+    hub.handle(session, Join(room="lobby", username="guesty"))
+    proxies.answer(Result({}))
+    assert [e["code"] for e in client.got("chat-error")] == ["auth-required"]
+    clock.advance(5)
+    assert client.closed == (1008, "authentication required")
+
+
+def test_a_connection_gone_before_the_answer_is_forgotten_quietly(
+    history: History, clock: Clock, prepare: Prepare, log_events: list[dict[str, Any]]
+) -> None:
+    proxies = FakeProxies()
+    hub = hub_with(history, clock, prepare, proxies, connect="http://app/c", publish="http://app/p")
+    client = Client(1)
+    session = hub.connect(client)
+    hub.start(session, None, HANDSHAKE)
+    hub.handle(session, Join(room="lobby", username="guesty"))
+    hub.disconnect(client)
+    proxies.answer(Result({"user": "42", "name": "alice"}))
+    assert client.got("chat-authenticated") == [] and not hub.sessions
+    assert hub.names.owner("alice") is None
+
+    bob = Client(2)
+    session = hub.connect(bob)
+    hub.handle(session, Join(room="lobby", username="bob"))
+    hub.handle(session, Say(message="last words"))
+    hub.disconnect(bob)
+    proxies.answer(Result({}))
+    assert history.recent("lobby") == []
+    assert not [e for e in log_events if e.get("log_failure") is not None]
