@@ -91,6 +91,10 @@ def result_of(d: Deferred[Any]) -> Any:
         (b'{"error": {"code": "no"}}', Refusal("no", "")),
         (b'{"disconnect": {"code": 4001, "reason": "bye"}}', Disconnect(4001, "bye")),
         (b'{"disconnect": {"code": 4999}}', Disconnect(4999, "")),
+        (
+            ('{"disconnect": {"code": 4000, "reason": "%s"}}' % ("\u00e9" * 100)).encode(),
+            Disconnect(4000, "\u00e9" * 61),
+        ),  # (123 bytes: cut between characters)
     ],
 )
 def test_documented_answers_are_read(body: bytes, answer: Answer) -> None:
@@ -114,6 +118,9 @@ def test_documented_answers_are_read(body: bytes, answer: Answer) -> None:
         (b'{"disconnect": {"code": true}}', "4000-4999"),
         (b'{"disconnect": {"code": "4001"}}', "4000-4999"),
         (b'{"disconnect": {"code": 4001, "reason": 1}}', "reason"),
+        (b'{"result": ' + b"[" * 60000 + b"]" * 60000 + b"}", "not JSON"),
+        (b'{"error": {"code": "x", "message": "\\ud800"}}', "not valid Unicode"),
+        (b'{"result": {"text": "\xed\xa0\x80"}}', "not"),
     ],
 )
 def test_anything_else_is_a_bad_answer(body: bytes, why: str) -> None:
@@ -145,6 +152,8 @@ def test_a_connect_result_reads_as_a_tokens_claims() -> None:
         {"user": "42", "rooms": "staff"},
         {"user": "42", "admin": "yes"},
         {"user": "42", "expire_at": "tomorrow"},
+        {"user": "42", "expire_at": 10**400},
+        {"user": "42", "expire_at": float("inf")},
     ):
         with pytest.raises(BadAnswer):
             identity_of(bad)

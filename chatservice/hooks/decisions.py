@@ -233,11 +233,14 @@ def identity_of(result: dict[str, Any]) -> Identity | None:
     if not isinstance(admin, bool):
         raise BadAnswer("result.admin must be true or false")
     expire_at = result.get("expire_at")
-    if expire_at is not None and (
-        isinstance(expire_at, bool)
-        or not isinstance(expire_at, int | float)
-        or not math.isfinite(expire_at)
-    ):
-        raise BadAnswer("result.expire_at must be a number (seconds since the epoch)")
-    expires = None if expire_at is None else float(expire_at)
+    expires = None
+    if expire_at is not None:
+        try:
+            if isinstance(expire_at, bool) or not isinstance(expire_at, int | float):
+                raise ValueError
+            expires = float(expire_at)  # (OverflowError for a huge int)
+            if not math.isfinite(expires):
+                raise ValueError
+        except (ValueError, OverflowError):
+            raise BadAnswer("result.expire_at must be a number (seconds since the epoch)") from None
     return Identity(user, name, tuple(rooms), admin, expires)

@@ -44,6 +44,8 @@ MAX_ANSWER = 64 * 1024
 #: Longest ``error.code`` and ``error.message`` taken.
 MAX_CODE = 64
 MAX_MESSAGE = 1000
+#: Longest ``disconnect.reason`` kept, in UTF-8 bytes (what a close frame holds).
+MAX_REASON = 123
 #: Connections kept open to each proxy host (more are opened under load, and closed after).
 PERSISTENT_PER_HOST = 256
 _CODE = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -117,8 +119,15 @@ def parse_answer(body: bytes) -> Answer:
     """
     try:
         answer = json.loads(body)
-    except ValueError:  # (UnicodeDecodeError and JSONDecodeError)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError, JSONDecodeError; too deep)
         raise BadAnswer("the answer is not JSON") from None
+    if b"\\u" in body or b"\xed" in body:
+        # A lone surrogate (``"\\ud800"``) is no text: it could be neither
+        # sent to a client nor stored.
+        try:
+            json.dumps(answer, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            raise BadAnswer("the answer has a string that is not valid Unicode") from None
     if not isinstance(answer, dict):
         raise BadAnswer("the answer is not a JSON object")
     given = [key for key in ("result", "error", "disconnect") if key in answer]
@@ -144,7 +153,8 @@ def parse_answer(body: bytes) -> Answer:
         raise BadAnswer(f"disconnect.code must be a whole number 4000-4999, not {code!r}")
     if not isinstance(reason, str):
         raise BadAnswer("disconnect.reason must be a string")
-    return Disconnect(code, reason)
+    # A close frame's reason is at most 123 bytes (RFC 6455 5.5): cut between characters.
+    return Disconnect(code, reason.encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore"))
 
 
 @implementer(IBodyProducer)
