@@ -94,6 +94,15 @@ class Config:
         webhook_max_age: Seconds after which an event the receiver has not
             taken is dropped (and counted).
         webhook_timeout: Seconds a webhook request may take.
+        connect_proxy: URL the application is asked at who a new ``/chat``
+            connection is ("" for none; docs/hooks.md).
+        publish_proxy: URL the application is asked at before a message is stored.
+        join_proxy: URL the application is asked at before a join.
+        join_proxy_rooms: ``--join-proxy-room`` glob patterns: the rooms the
+            join proxy decides about (every room if none).
+        proxy_headers: ``--proxy-header`` names: the request headers the
+            connect proxy is told of.
+        proxy_timeout: Seconds a proxy has to answer.
     """
 
     ports: tuple[str, ...] = ("tcp:8080",)
@@ -145,6 +154,13 @@ class Config:
         """The event types kept for the application: none without a webhook."""
         return self.webhook_events if self.webhook_url else frozenset()
 
+    connect_proxy: str = ""
+    publish_proxy: str = ""
+    join_proxy: str = ""
+    join_proxy_rooms: tuple[str, ...] = ()
+    proxy_headers: tuple[str, ...] = ()
+    proxy_timeout: float = 1.0
+
     def __post_init__(self) -> None:
         if not self.ports:
             raise ValueError("at least one port is needed")
@@ -187,3 +203,11 @@ class Config:
             raise ValueError("auth-timeout must be positive")
         if self.webhook_url and not self.webhook_secret:
             raise ValueError("webhook needs a webhook-secret")
+        if self.connect_proxy and self.auth == "off":
+            raise ValueError("connect-proxy needs auth optional or required")
+        if self.join_proxy_rooms and not self.join_proxy:
+            raise ValueError("join-proxy-room needs join-proxy")
+        if self.proxy_headers and not self.connect_proxy:
+            raise ValueError("proxy-header needs connect-proxy")
+        if not 0 < self.proxy_timeout < float("inf"):
+            raise ValueError("proxy-timeout must be positive")

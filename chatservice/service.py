@@ -29,11 +29,14 @@ from chatservice.backplane.history import History, ThreadExecutor, immediate_exe
 from chatservice.backplane.local import LocalBackplane
 from chatservice.backplane.redis import RedisBackplane, parse_redis_url
 from chatservice.backplane.roles import Backplane
+from chatservice.chat.gate import Gate
 from chatservice.chat.hub import Hub
 from chatservice.chat.identity import AuthPolicy
 from chatservice.chat.session import ChatLimits
 from chatservice.config import Config
 from chatservice.counters import Counters
+from chatservice.hooks.decisions import ProxyGate, ProxySettings
+from chatservice.hooks.proxy import ProxyClient
 from chatservice.hooks.webhooks import WebhookSender
 from chatservice.systemd import Notifier
 from chatservice.web.endpoint import CLOSE_GOING_AWAY, SERVER_NAME
@@ -61,6 +64,7 @@ def make_hub(
     clock: IReactorTime,
     auth: AuthPolicy,
     stats: Counters,
+    gate: Gate | None = None,
 ) -> Hub:
     """The chat hub as `config` describes it."""
     return Hub(
@@ -79,6 +83,7 @@ def make_hub(
         presence_interval=config.presence_interval,
         auth=auth,
         stats=stats,
+        gate=gate,
     )
 
 
@@ -144,7 +149,13 @@ class ChatService(MultiService):
         self.auth = AuthPolicy.from_config(config)
         #: What /chat counts, with the hub: read by /metrics.
         self.stats = Counters()
-        self.hub = make_hub(config, self.backplane, reactor, self.auth, self.stats)
+        #: Calls the proxies (docs/hooks.md), if any.
+        self.proxies: ProxyClient | None = None
+        proxies = ProxySettings.from_config(config)
+        gate = None
+        if proxies:
+            gate, self.proxies = ProxyGate.start(proxies, reactor)
+        self.hub = make_hub(config, self.backplane, reactor, self.auth, self.stats, gate)
         self.worker = worker
         self._master: MasterPipe | None = None
         self._heartbeat: LoopingCall | None = None
@@ -256,6 +267,9 @@ class ChatService(MultiService):
         if self.redis is not None:
             redis = self.redis
             d.addBoth(lambda _: redis.stop())
+        if self.proxies is not None:
+            proxies = self.proxies
+            d.addBoth(lambda _: proxies.close())
         return d
 
     def _overloaded(self) -> bool:

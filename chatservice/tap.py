@@ -19,6 +19,7 @@ from chatservice.backplane.outbox import event_types
 from chatservice.backplane.redis import parse_redis_url
 from chatservice.chat.identity import Verifier
 from chatservice.config import AUTH_MODES, BUNDLED_STATIC, LOG_LEVELS, Config
+from chatservice.hooks.proxy import check_url
 from chatservice.hooks.webhooks import check_secret
 from chatservice.service import ChatService
 from chatservice.web.policy import TrustedProxies, parse_origin_pattern
@@ -227,8 +228,8 @@ def public_key_file(value: str) -> str:
 _ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,64}")
 
 
-def room_pattern(value: str) -> str:
-    """Check a ``--private-room`` pattern.
+def room_pattern(value: str, option: str = "private-room") -> str:
+    """Check a ``--private-room`` (or ``--join-proxy-room``) pattern.
 
     Raises:
         usage.UsageError: It has characters no room name has, besides ``*?[]!``.
@@ -236,7 +237,7 @@ def room_pattern(value: str) -> str:
     pattern = value.strip()
     if not _ROOM_PATTERN.fullmatch(pattern):
         raise usage.UsageError(
-            f"--private-room {value!r}: not a room name pattern "
+            f"--{option} {value!r}: not a room name pattern "
             "(letters, digits, '-_.' and the wildcards * ? [...])"
         )
     return pattern
@@ -305,6 +306,51 @@ def duration(option: str, value: str, minimum: float = 0) -> float:
         ) from None
     if not seconds >= minimum or seconds == float("inf"):
         raise usage.UsageError(f"--{option} {value!r}: must be at least {minimum:g} seconds")
+    return seconds
+
+
+def proxy_url(option: str, value: str) -> str:
+    """Check a ``--connect-proxy``, ``--publish-proxy`` or ``--join-proxy`` URL.
+
+    Raises:
+        usage.UsageError: It is not an http(s) URL.
+    """
+    try:
+        return check_url(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--{option} {value!r}: {e}") from None
+
+
+#: An HTTP header name (RFC 9110 5.1: a token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def header_name(value: str) -> str:
+    """Check a ``--proxy-header`` name; lower case (as it is looked up and sent).
+
+    Raises:
+        usage.UsageError: It is not a header name.
+    """
+    name = value.strip()
+    if not _HEADER_NAME.fullmatch(name):
+        raise usage.UsageError(
+            f"--proxy-header {value!r}: not a header name (Cookie, Authorization)"
+        )
+    return name.lower()
+
+
+def proxy_timeout(value: str) -> float:
+    """Check a ``--proxy-timeout``: seconds, positive.
+
+    Raises:
+        usage.UsageError: Not a positive number.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise usage.UsageError(f"--proxy-timeout {value!r}: must be a positive number of seconds")
     return seconds
 
 
@@ -474,6 +520,29 @@ class Options(usage.Options):
             "Told to clients: where the web client gets a fresh token before its "
             'token expires (GET with credentials, answering {"token": ...}).',
         ],
+        [
+            "connect-proxy",
+            None,
+            None,
+            "URL the application is asked at (a JSON POST) who a new /chat connection is, "
+            "from its headers (see --proxy-header); needs --auth optional or required. "
+            "See docs/hooks.md.",
+        ],
+        [
+            "publish-proxy",
+            None,
+            None,
+            "URL the application is asked at before a chat message is stored: keep, "
+            "rewrite or refuse it.",
+        ],
+        [
+            "join-proxy",
+            None,
+            None,
+            "URL the application is asked at before a connection joins a room "
+            "(see --join-proxy-room).",
+        ],
+        ["proxy-timeout", None, "1.0", "Seconds a proxy has to answer; then: unavailable."],
     ] + [[name, None, str(getattr(_DEFAULTS, field)), help] for name, field, _, _, help in _NUMBERS]
 
     _given: set[str] = set()
@@ -484,6 +553,16 @@ class Options(usage.Options):
         self["allowed-origin"] = []
         self["trusted-proxy"] = []
         self["private-room"] = []
+        self["join-proxy-room"] = []
+        self["proxy-header"] = []
+
+    def opt_join_proxy_room(self, value: str) -> None:
+        """A room the join proxy decides about: a name or a glob pattern (team-*); repeatable (default: every room)."""  # noqa: E501
+        self["join-proxy-room"].append(room_pattern(value, "join-proxy-room"))
+
+    def opt_proxy_header(self, value: str) -> None:
+        """A request header the connect proxy is told of (Cookie, Authorization); repeatable. No other is passed on."""  # noqa: E501
+        self["proxy-header"].append(header_name(value))
 
     def opt_private_room(self, value: str) -> None:
         """A room only users whose token grants it may enter: a name or a glob pattern (team-*); repeatable. Needs --auth optional or required."""  # noqa: E501
@@ -552,6 +631,8 @@ class Options(usage.Options):
             "allowed-origin": origin_pattern,
             "trusted-proxy": proxy_network,
             "private-room": room_pattern,
+            "join-proxy-room": lambda value: room_pattern(value, "join-proxy-room"),
+            "proxy-header": header_name,
         }
         scalars = {name for name, *_ in self.optParameters} - {"config"}
         for key, value in table.items():
@@ -610,6 +691,7 @@ class Options(usage.Options):
             workers=worker_count,
             **auth,
             **self._webhook_settings(),
+            **self._proxy_settings(auth["auth"]),
             **numbers,
         )
 
@@ -647,6 +729,31 @@ class Options(usage.Options):
             ),
             "webhook_max_age": duration("webhook-max-age", self["webhook-max-age"], 1),
             "webhook_timeout": duration("webhook-timeout", self["webhook-timeout"], 0.001),
+        }
+
+    def _proxy_settings(self, auth: str) -> dict[str, Any]:
+        """The ``--*-proxy*`` and ``--proxy-*`` options, as Config fields (docs/hooks.md).
+
+        Raises:
+            usage.UsageError: A bad value, or options that do not go together.
+        """
+        urls = {
+            name: proxy_url(name, self[name]) if self[name] else ""
+            for name in ("connect-proxy", "publish-proxy", "join-proxy")
+        }
+        if urls["connect-proxy"] and auth == "off":
+            raise usage.UsageError("--connect-proxy: needs --auth optional or required")
+        if self["proxy-header"] and not urls["connect-proxy"]:
+            raise usage.UsageError("--proxy-header: needs --connect-proxy")
+        if self["join-proxy-room"] and not urls["join-proxy"]:
+            raise usage.UsageError("--join-proxy-room: needs --join-proxy")
+        return {
+            "connect_proxy": urls["connect-proxy"],
+            "publish_proxy": urls["publish-proxy"],
+            "join_proxy": urls["join-proxy"],
+            "join_proxy_rooms": tuple(self["join-proxy-room"]),
+            "proxy_headers": tuple(dict.fromkeys(self["proxy-header"])),
+            "proxy_timeout": proxy_timeout(str(self["proxy-timeout"])),
         }
 
     def _auth_settings(self) -> dict[str, Any]:

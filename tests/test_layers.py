@@ -21,13 +21,13 @@ RANKS = {
     "chatservice": 0,  # __init__, logs, config, counters, systemd: leaves
     "chatservice.backplane": 1,
     "chatservice.workers": 1,
-    # Calls out to the application: webhooks from the backplane's outbox,
-    # and the proxies' decisions that the chat's units ask for.
-    "chatservice.hooks": 2,
-    "chatservice.chat": 3,
-    "chatservice.web": 4,
-    "chatservice.service": 5,
-    "chatservice.tap": 6,
+    "chatservice.chat": 2,
+    # The application's hooks: they speak the chat's values, and the hub knows
+    # them through its own interfaces (chatservice.chat.gate), given by service.py.
+    "chatservice.hooks": 2.5,
+    "chatservice.web": 3,
+    "chatservice.service": 4,
+    "chatservice.tap": 5,
 }
 
 

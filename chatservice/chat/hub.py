@@ -13,7 +13,8 @@ its concern:
 - `signin.SignIn`: tokens, identities, deadlines and expiry;
 - `direct.Conversations`: direct conversations of two users;
 - `moderators.Moderators`: kicks, bans, mutes and deletions;
-- `fanout.FanOut`: one event, framed once, to many connections.
+- `fanout.FanOut`: one event, framed once, to many connections;
+- `gated.Gated`: what waits for the application's decision (proxies).
 
 Nothing here touches a socket or the reactor (timers come from the injected
 clock), and nothing waits on a member.  The backplane's events reach the hub
@@ -45,6 +46,8 @@ from chatservice.backplane.values import (
 )
 from chatservice.chat.direct import Conversations
 from chatservice.chat.fanout import FanOut
+from chatservice.chat.gate import Gate, Handshake
+from chatservice.chat.gated import Gated
 from chatservice.chat.histories import JoinHistories
 from chatservice.chat.identity import OFF, AuthPolicy
 from chatservice.chat.joins import Joins
@@ -113,6 +116,8 @@ class Hub:
             room, at least.
         auth: Whether and how clients identify themselves with tokens, and
             which rooms are private (`chatservice.chat.identity`); off by default.
+        gate: The application's decisions about connections, messages and
+            joins (docs/hooks.md); None (the default): nobody is asked.
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class Hub:
         large_room: int = LARGE_ROOM,
         presence_interval: float = PRESENCE_INTERVAL,
         auth: AuthPolicy = OFF,
+        gate: Gate | None = None,
     ) -> None:
         self.backplane = backplane
         self.auth = auth
@@ -169,7 +175,21 @@ class Hub:
             clock,
             backplane,
         )
+        self.gate = gate
+        self.gated = None if gate is None else self._gated(gate)
         backplane.register(self)
+
+    def _gated(self, gate: Gate) -> Gated:
+        return Gated(
+            gate,
+            self.signin,
+            self.joins,
+            self.names,
+            self._checked_text,
+            self._store,
+            lambda room, name, text: self.backplane.store(room, name, text, self._now()),
+            self.close,
+        )
 
     @property
     def rooms(self) -> dict[str, Room]:
@@ -200,9 +220,21 @@ class Hub:
         member.send_event(("chat-welcome", welcome))
         return session
 
-    def start(self, session: Session, token: str | None = None) -> None:
+    def start(
+        self, session: Session, token: str | None = None, handshake: Handshake | None = None
+    ) -> None:
         """What a connection does first: the token of its handshake (``?token=``),
-        or, for a text client, join the lobby as a guest."""
+        or, for a text client, join the lobby as a guest.
+
+        With a connect proxy (`handshake` given), the application is asked first
+        who it is; what the client sends meanwhile waits (`Session.hold`).
+        """
+        gated = self.gated
+        if handshake is not None and gated is not None and gated.gate.identifies:
+            session.busy = True
+            asking = gated.connect(session, handshake, lambda: self._first(session, token))
+            asking.addBoth(self._done, session)
+            return
         try:
             if token is not None:
                 self.handle(session, Authenticate(token))
@@ -210,6 +242,19 @@ class Hub:
                 self.handle(session, Join(DEFAULT_ROOM, self.names.guest_name(session.member)))
         except ProtocolError as error:
             session.member.send_event(error.event())
+
+    def _first(self, session: Session, token: str | None) -> Command | None:
+        """What `start` does once the connect proxy answered (as a command)."""
+        if token is not None:
+            return Authenticate(token)
+        if (
+            session.member.dialect is TEXT
+            and session.identity is None
+            and not session.rooms
+            and self.auth.mode != "required"
+        ):
+            return Join(DEFAULT_ROOM, self.names.guest_name(session.member))
+        return None
 
     def disconnect(self, member: Member) -> None:
         """Forget a connection: it leaves its rooms, its name is free.  Idempotent."""
@@ -303,8 +348,10 @@ class Hub:
                 )
         match command:
             case Say():
-                self._say(session, command)
+                return self._say(session, command)
             case Join():
+                if self.gated is not None and self.gated.gate.joins(command.room):
+                    return self.gated.join(session, command)
                 return self.joins.join(session, command)
             case Typing():
                 room = session.joined_room(command.room, "chat-typing")
@@ -329,16 +376,25 @@ class Hub:
                 self.moderators.command(session, command)
         return None
 
-    def _say(self, session: Session, command: Say) -> None:
+    def _say(self, session: Session, command: Say) -> Deferred[None] | None:
         room = session.joined_room(command.room, "chat-message")
         text = self._checked_text(command.message)
         if not text:
-            return
+            return None
         assert session.name is not None  # joined, so named
         if self.sanctions:
             muted = self.sanctions.find("mute", session.keys(), room)
             if muted is not None:
                 raise ProtocolError("muted", sanction_text(muted, "muted"), "chat-message")
+        if self.gated is not None and self.gated.gate.publishes:
+            return self.gated.say(session, room, text)
+        stored = self.backplane.store(room, session.name, text, self._now(), session.user())
+        stored.addErrback(self._not_stored, session)
+        return None
+
+    def _store(self, session: Session, room: str, text: str) -> None:
+        """Store a message the application let through (`_say` does the same inline)."""
+        assert session.name is not None
         stored = self.backplane.store(room, session.name, text, self._now(), session.user())
         stored.addErrback(self._not_stored, session)
 
@@ -402,6 +458,9 @@ class Hub:
         text = self._checked_text(message)
         if not text:
             raise ProtocolError("bad-payload", "message is empty", "chat-message")
+        if self.gated is not None and self.gated.gate.publishes:
+            # Fails also with `chatservice.chat.gate.Refused` or `Dismissed`.
+            return ensureDeferred(self.gated.publish(room, username, text))
         return self.backplane.store(room, username, text, self._now())
 
     def notice(self, message: str) -> int:

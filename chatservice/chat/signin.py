@@ -113,6 +113,18 @@ class SignIn:
                 )
             self._identify(session, identity)
             return None
+        return self.sign_in(session, identity)
+
+    def sign_in(self, session: Session, identity: Identity) -> Deferred[None] | None:
+        """Make a connection not identified yet `identity`'s user (a token's, or the
+        connect proxy's: docs/hooks.md).
+
+        Returns:
+            A Deferred while the user's name is claimed; None if done at once.
+
+        Raises:
+            ProtocolError: The connection's state, or the name's owner, refuses it.
+        """
         member = session.member
         if session.name is not None:
             if member.dialect is not TEXT:

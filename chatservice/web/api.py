@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from chatservice import internals, logs
 from chatservice.backplane.roles import MessageLog, PresenceRelay
 from chatservice.backplane.values import JOIN_HISTORY, StoredMessage, Unavailable
+from chatservice.chat.gate import Dismissed, Refused
 from chatservice.chat.hub import Hub
 from chatservice.chat.identity import DM_PREFIX, AuthError, AuthPolicy, Identity
 from chatservice.chat.messages import (
@@ -175,6 +176,13 @@ class Api(Resource):
             request.finish()
 
     def _failed(self, request: Request, failure: Failure) -> None:
+        # The application's refusal (a publish proxy's error or disconnect): 403.
+        if failure.check(Refused, Dismissed):
+            self._finish(request, 403, {"error": failure.value.reason, "code": failure.value.code})
+            return
+        if failure.check(ProtocolError) and failure.value.code == "unavailable":
+            self._finish(request, 503, {"error": f"unavailable: {failure.value.reason}"})
+            return
         if failure.check(ProtocolError):
             error = failure.value
             status = 404 if error.code.startswith("no-such") else 400

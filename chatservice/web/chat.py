@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
 from chatservice import internals, logs
+from chatservice.chat.gate import Handshake
 from chatservice.chat.hub import Hub
 from chatservice.chat.messages import (
     JSON,
@@ -86,6 +87,8 @@ class ChatProtocol(ServerProtocol):
     _pending: bytes | bytearray | None = None
     #: The token of the handshake's URL, until the connection is open.
     _token: str | None = None
+    #: What the connect proxy is told of the handshake, until the connection is open.
+    _handshake: Handshake | None = None
 
     def negotiate(self, request: ConnectionRequest) -> str | None:
         """Pick the dialect from the subprotocol; keep a ``?token=`` of the URL for the open."""
@@ -94,6 +97,15 @@ class ChatProtocol(ServerProtocol):
         # ``?token=`` of the URL (taken off it by the web resource, so that
         # no log shows it): it counts as a chat-auth once open.
         self._token = self.factory.handshake_token
+        gate = self.factory.hub.gate
+        if gate is not None and gate.identifies:
+            headers = request.headers
+            self._handshake = Handshake(
+                tuple((name, headers[name]) for name in gate.headers if name in headers),
+                self._counted_address or "local",
+                headers.get("origin"),
+                chosen,
+            )
         return chosen
 
     def opened(self) -> None:
@@ -112,7 +124,10 @@ class ChatProtocol(ServerProtocol):
         hub = self.factory.hub
         self.session = hub.connect(self)
         token, self._token = self._token, None
-        hub.start(self.session, token)
+        handshake = self._handshake
+        if handshake is not None:
+            del self._handshake  # (back to the class's None: an idle connection stays small)
+        hub.start(self.session, token, handshake)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Count, rate-limit and parse a frame, and hand the command to the hub."""
