@@ -222,6 +222,7 @@ def test_every_event_type_arrives_signed_and_in_order(
     # The data is the chat-message payload, exactly: the user only for an identified sender.
     assert first.data == hello and second.data == hi and "user" not in hi
     assert hello["user"] == "u1" and hi["id"] > hello["id"]
+    assert first.event["time"] == hello["time"]  # the message's own time
 
     enter(alice, "side")
     over = said(alice, "over here", "side")
@@ -288,6 +289,22 @@ def test_every_event_type_arrives_signed_and_in_order(
         if e.type == "moderation"
     ]
     assert moderation.data["until"] == banned["until"]
+
+    # A mute of an identified user, and its lift: her user id, then no end.
+    status, muted = server.api("POST", "/api/users/alice/mute", {"duration": 60})
+    assert status == 200
+    server.api("POST", "/api/users/alice/mute", {"duration": 0})
+    mute, lift = step(
+        ("moderation", {"action": "mute", "username": "alice", "by": "api", "user": "u1"}),
+        ("moderation", {"action": "mute", "username": "alice", "by": "api", "user": "u1"}),
+    )
+    assert mute.data["until"] == muted["until"] is not None and lift.data["until"] is None
+
+    # Her second tab is the same person: nothing to tell.
+    with identified(server.port, token("u1", "alice"))[0] as tab:
+        enter(tab, "lobby")
+    time.sleep(1.0)
+    assert receiver.events()[len(got) :] == []
 
     # Alice reloads her page: she leaves and enters the room again, but
     # within the delay, so she never goes offline (nor comes online again).
