@@ -791,6 +791,8 @@ async def _slow_consumer(soak: Soak, k: int, attempt: int, inst: Instance) -> bo
 
 async def flooder(soak: Soak, k: int, inst: Instance) -> None:
     """Sends far above the rate limit: closed 1008 'flooding'."""
+    while any("t_done" not in f for f in soak.faults):  # its instance may be down
+        await asyncio.sleep(0.5)
     record: dict[str, Any] = {"n": k, "instance": inst.name, "t": round(now(), 2)}
     soak.floods.append(record)
     abuse: list[Any] = [now(), float("inf"), "flood"]
