@@ -349,6 +349,39 @@ def test_every_event_type_arrives_signed_and_in_order(
     assert all(e.webhook_id.startswith("msg_") for e in taken)
 
 
+def test_a_text_client_is_online_in_its_lobby_and_only_the_chosen_events_are_sent(
+    servers: Callable[..., Server], receiver: ReceiverProcess, tmp_path: Path
+) -> None:
+    receiver.start()
+    server = servers(
+        *("--database", str(tmp_path / "chat.sqlite3")),
+        *hooks(receiver, "--webhook-events", "user,message.created"),
+        *("--webhook-offline-delay", "0.3"),
+    )
+    with chat(server.port, subprotocol=None) as term:
+        term.recv(timeout=10)  # the welcome: it is in the lobby as a guest
+        online = eventually(lambda: receiver.events(), what="the guest's user.online")
+        guest = online[0].data["name"]
+        assert guest.startswith("guest-")
+        term.send("/nick tom")
+        term.send("hello from a terminal")
+        eventually(lambda: receiver.events("message.created"), what="tom's message")
+    eventually(lambda: len(receiver.events("user.offline")) == 2, what="both offline")
+    seen = [(e.type, e.data.get("name", e.data.get("username"))) for e in receiver.events()]
+    # No room.entered nor room.left: not chosen.  The rename is a new person.
+    assert sorted(seen) == sorted(
+        [
+            ("user.online", guest),
+            ("user.offline", guest),
+            ("user.online", "tom"),
+            ("message.created", "tom"),
+            ("user.offline", "tom"),
+        ]
+    )
+    assert seen[0] == ("user.online", guest) and seen[-1] == ("user.offline", "tom")
+    assert seen.index(("user.online", "tom")) < seen.index(("message.created", "tom"))
+
+
 def _without_time(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if k != "time"}
 
