@@ -492,11 +492,6 @@ def test_a_receiver_that_fails_or_hangs_is_retried_with_the_same_request(
     assert {webhook_id for _, webhook_id in tried} == {taken.webhook_id}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sender reads the backlog only between attempts: during a retry delay "
-    "(up to 5 minutes) /healthz and /metrics say what it read before the delay",
-)
 def test_healthz_counts_what_arrives_while_the_sender_waits_to_retry(
     servers: Callable[..., Server], receiver: ReceiverProcess, tmp_path: Path
 ) -> None:

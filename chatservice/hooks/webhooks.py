@@ -196,7 +196,7 @@ class WebhookSender:
                     events, delay = [], 0.0
                     continue
                 delay = FIRST_DELAY if not delay else min(delay * 2, MAX_DELAY)
-                await self._sleep(delay)
+                await self._wait(delay)
             except Unavailable as e:
                 # Redis is away: what was not acknowledged stays; try again soon.
                 self._outbox_failed(str(e))
@@ -208,6 +208,20 @@ class WebhookSender:
                 _log.failure("webhooks: the outbox failed; trying again in 1 s")
                 events = []
                 await self._sleep(FIRST_DELAY)
+
+    async def _wait(self, delay: float) -> None:
+        """Wait `delay` before a retry, reading the backlog every second meanwhile.
+
+        The backlog grows while the receiver is down: that is when someone
+        watches ``/healthz`` and ``/metrics``.
+        """
+        end = self.reactor.seconds() + delay
+        while not self._stopping:
+            left = end - self.reactor.seconds()
+            if left <= 0:
+                return
+            await self._sleep(min(1.0, left))
+            await self._note_backlog()
 
     async def _gather(self) -> list[Queued]:
         """The next batch: what waits, after up to `LINGER` for more to come."""
