@@ -27,6 +27,7 @@ import treq
 from standardwebhooks.webhooks import Webhook
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import TimeoutError as TookTooLong
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -35,6 +36,7 @@ from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 from chatservice import __version__, logs
 from chatservice.backplane.outbox import Queued, batch
 from chatservice.backplane.values import Unavailable
+from chatservice.hooks.proxy import redacted
 
 _log = logs.logger("chatservice.webhooks")
 
@@ -49,6 +51,8 @@ FIRST_DELAY = 1.0
 MAX_DELAY = 300.0
 #: Seconds between two log lines about failing posts.
 LOG_EVERY = 10.0
+#: Bytes of a receiver's answer read at most (the answer is not used).
+MAX_ANSWER = 64 * 1024
 
 
 class Outbox(Protocol):
@@ -144,6 +148,7 @@ class WebhookSender:
         self._pool = pool or HTTPConnectionPool(reactor, persistent=True)
         self._running: Deferred[None] | None = None
         self._nap: Deferred[None] | None = None
+        self._posting: Deferred[int] | None = None
         self._stopping = False
         self._logged_at = -LOG_EVERY
         self._outbox_logged_at = -LOG_EVERY
@@ -160,6 +165,8 @@ class WebhookSender:
         self._stopping = True
         if self._nap is not None:
             self._nap.cancel()
+        if self._posting is not None:
+            self._posting.cancel()  # the events stay, for the next start
         running, self._running = self._running, None
         d: Deferred[None] = running if running is not None else defer.succeed(None)
         d.addBoth(lambda _: self._pool.closeCachedConnections())
@@ -197,6 +204,7 @@ class WebhookSender:
                     continue
                 delay = FIRST_DELAY if not delay else min(delay * 2, MAX_DELAY)
                 await self._wait(delay)
+                events = await self._still_ours(events)
             except Unavailable as e:
                 # Redis is away: what was not acknowledged stays; try again soon.
                 self._outbox_failed(str(e))
@@ -204,10 +212,26 @@ class WebhookSender:
                 await self._sleep(FIRST_DELAY)
             except Exception:
                 # A failure of the outbox's store (disk full) or a bug: the
-                # same, with the traceback in the log (never to anybody else).
-                _log.failure("webhooks: the outbox failed; trying again in 1 s")
+                # same, with the traceback in the log (never to anybody
+                # else), once per LOG_EVERY.
+                now = self.reactor.seconds()
+                if now - self._outbox_logged_at >= LOG_EVERY:
+                    _log.failure("webhooks: the outbox failed; trying again every second")
+                    self._outbox_logged_at = now
                 events = []
                 await self._sleep(FIRST_DELAY)
+
+    async def _still_ours(self, events: list[Queued]) -> list[Queued]:
+        """`events` again if the outbox still gives them to this sender first, else [].
+
+        With several instances another one may have taken over meanwhile (this
+        one lost Redis for longer than the lease): then it sends them, and this
+        one must not send them again after its newer ones.
+        """
+        again = await self.outbox.take(len(events))
+        if [e.id for e in again] == [e.id for e in events]:
+            return events
+        return []
 
     async def _wait(self, delay: float) -> None:
         """Wait `delay` before a retry, reading the backlog every second meanwhile.
@@ -229,7 +253,8 @@ class WebhookSender:
         if events and len(events) < BATCH:
             waited = time.time() - events[0].at
             if waited < LINGER:
-                await self._sleep(LINGER - waited)
+                # (Clamped: with Redis, `at` is by Redis's clock.)
+                await self._sleep(min(LINGER, LINGER - waited))
                 events = await self.outbox.take(BATCH)
         return events
 
@@ -268,27 +293,51 @@ class WebhookSender:
             "webhook-signature": self._webhook.sign(msg_id, now, body.decode()),
         }
         outcome, detail = "ok", ""
+        # The timeout covers the whole exchange, the answer's body too: a
+        # receiver that sends its headers and then stalls is a timeout.
+        posting = ensureDeferred(self._exchange(body, headers))
+        self._posting = posting.addTimeout(self.timeout, self.reactor)
         try:
-            response = await treq.post(
-                self.url,
-                data=body,
-                headers=headers,
-                pool=self._pool,
-                timeout=self.timeout,
-                reactor=self.reactor,
-            )
-            await treq.content(response)  # read it all: the connection is reused
-            if not 200 <= response.code < 300:
-                outcome, detail = "status", f"status {response.code}"
+            code = await self._posting
+            if not 200 <= code < 300:
+                outcome, detail = "status", f"status {code}"
         except Exception as e:
             if _timed_out(e):
                 outcome, detail = "timeout", f"no answer within {self.timeout:g} s"
             else:
                 outcome, detail = "error", _reason(e)
+        finally:
+            self._posting = None
+        if self._stopping and outcome != "ok":
+            return False  # cancelled by stop(): not the receiver's failure
         self.stats.posts[outcome] += 1
         if outcome != "ok":
             self._failed(detail, len(events))
         return outcome == "ok"
+
+    async def _exchange(self, body: bytes, headers: dict[bytes | str, bytes | str]) -> int:
+        """POST once and read the answer (thrown away, at most `MAX_ANSWER` bytes)."""
+        response = await treq.post(
+            self.url,
+            data=body,
+            headers=headers,
+            pool=self._pool,
+            reactor=self.reactor,
+            # A redirect is no acknowledgement: a 303 would be followed with
+            # a GET whose 2xx says nothing of the events.
+            allow_redirects=False,
+        )
+        read = 0
+
+        def discard(chunk: bytes) -> None:
+            nonlocal read
+            read += len(chunk)
+            if read > MAX_ANSWER:
+                raise ValueError(f"an answer of more than {MAX_ANSWER} bytes")
+
+        # Read to the end, so that the connection is reused; keep nothing.
+        await treq.collect(response, discard)
+        return int(response.code)
 
     def _outbox_failed(self, reason: str) -> None:
         now = self.reactor.seconds()
@@ -305,7 +354,7 @@ class WebhookSender:
         _log.warn(
             "webhooks: {url} did not take {count} events ({detail}); "
             "{failures} failed posts since the last line; retrying",
-            url=self.url,
+            url=redacted(self.url),
             count=count,
             detail=detail,
             failures=self._failures_unlogged,
@@ -316,7 +365,7 @@ class WebhookSender:
 
 def _timed_out(error: BaseException) -> bool:
     """Whether a request failed for taking longer than its timeout (treq cancels it)."""
-    if isinstance(error, CancelledError | ConnectTimeout):
+    if isinstance(error, CancelledError | ConnectTimeout | TookTooLong):
         return True
     if isinstance(error, ResponseNeverReceived):
         return any(
