@@ -414,3 +414,25 @@ async def test_a_stopped_process_keeps_who_was_going_offline(tmp_path: Path) -> 
         ]
     finally:
         after.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_process_killed_during_a_grace_period_still_tells_offline(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sqlite3")
+    history = History(path, 100, immediate_executor, hooks=ALL)
+    history.open()
+    before = LocalBackplane(history, reactor, 60.0)
+    before.joined("r", 1, "kim", "u11")
+    before.left("r", 1, "kim")  # closed her tab: offline in a minute...
+    # ... and the process is killed (no stop) before that.
+    again = History(path, 100, immediate_executor, hooks=ALL)
+    again.open()
+    after = LocalBackplane(again, reactor, 60.0)
+    after.start()
+    try:
+        assert after.attendance is not None
+        assert after.attendance.due(reactor.seconds() + 61) == [
+            ("user.offline", {"user": "u11", "name": "kim"})
+        ]
+    finally:
+        after.stop()

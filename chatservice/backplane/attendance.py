@@ -92,6 +92,11 @@ class Attendance:
         if who.key not in self._online:
             self._going.setdefault(who.key, (at, who))
 
+    def pending(self, who: Attendee) -> float | None:
+        """When `who` goes offline, if they are in their grace period."""
+        going = self._going.get(who.key)
+        return going[0] if going is not None else None
+
     def goers(self) -> list[tuple[Attendee, float]]:
         """Who is in their grace period, and when it ends."""
         return [(who, at) for at, who in self._going.values()]

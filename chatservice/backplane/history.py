@@ -99,13 +99,14 @@ CREATE TABLE IF NOT EXISTS present (
     user TEXT,
     PRIMARY KEY (conn, room)
 ) WITHOUT ROWID;
--- With --webhook: who was in their grace period when the process stopped
--- (user.offline at `at`, seconds since the epoch, unless they are back).
+-- With --webhook: who is in their grace period (user.offline at `at`,
+-- seconds since the epoch, unless they are back), kept as it starts and ends.
 CREATE TABLE IF NOT EXISTS going (
+    person TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     user TEXT,
     at REAL NOT NULL
-);
+) WITHOUT ROWID;
 """
 
 _UPSERT_ROOM = """
@@ -418,7 +419,8 @@ class History:
         bodies: Sequence[str],
         arrived: Sequence[tuple[int, str, str, str | None]] = (),
         departed: Sequence[tuple[int, str]] = (),
-        going: Sequence[tuple[str, str | None, float]] | None = None,
+        going: Sequence[tuple[str, str, str | None, float]] = (),
+        back: Sequence[str] = (),
     ) -> Deferred[None]:
         """Keep events in the outbox, with who arrived in and departed from rooms, at once.
 
@@ -426,8 +428,8 @@ class History:
             bodies: The events, as `chatservice.backplane.outbox.body` makes them.
             arrived: (connection, room, name, user) now present.
             departed: (connection, room) no longer present.
-            going: If not None, who is in their grace period now (replacing
-                what was kept of it).
+            going: (person, name, user, when) whose grace period starts.
+            back: Persons whose grace period is over (back, or told offline).
         """
         stamp = _now()
 
@@ -440,9 +442,8 @@ class History:
                 )
                 db.executemany("INSERT OR REPLACE INTO present VALUES (?, ?, ?, ?)", arrived)
                 db.executemany("DELETE FROM present WHERE conn = ? AND room = ?", departed)
-                if going is not None:
-                    db.execute("DELETE FROM going")
-                    db.executemany("INSERT INTO going VALUES (?, ?, ?)", going)
+                db.executemany("INSERT OR REPLACE INTO going VALUES (?, ?, ?, ?)", going)
+                db.executemany("DELETE FROM going WHERE person = ?", [(p,) for p in back])
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)

@@ -71,8 +71,11 @@ class LocalBackplane:
         if attendance is None:
             return
         now = self._clock.seconds()
+        for name, user, at in self.history.going_behind:
+            attendance.going(Attendee(name, user), at)
         bodies: list[str] = []
         departed = []
+        going = []
         for conn, room, name, user in self.history.left_behind:
             who = Attendee(name, user)
             departed.append((conn, room))
@@ -80,28 +83,27 @@ class LocalBackplane:
                 bodies.append(
                     outbox.body(outbox.ROOM_LEFT, outbox.iso(time.time()), who.data(room))
                 )
-            attendance.going(who, now + attendance.delay)
-        for name, user, at in self.history.going_behind:
-            attendance.going(Attendee(name, user), at)
+            if attendance.pending(who) is None:
+                attendance.going(who, now + attendance.delay)
+                going.append((who.key, who.name, who.user, now + attendance.delay))
         self.history.left_behind, self.history.going_behind = [], []
-        self._keep(bodies, departed=departed, going=[])
+        if departed:
+            self._keep(bodies, departed=departed, going=going)
         self._sweep = LoopingCall(self._offline)
         self._sweep.clock = self._clock
         self._sweep.start(min(1.0, attendance.delay or 1.0), now=False)
 
     def stop(self) -> None:
-        """Stop timing the grace periods; keep who is in one, for the next start."""
+        """Stop timing the grace periods (who is in one is kept: see `left`)."""
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
-        if self.attendance is not None:
-            going = [(who.name, who.user, at) for who, at in self.attendance.goers()]
-            self._keep([], going=going)
 
     def _offline(self) -> None:
         assert self.attendance is not None
         made = self.attendance.due(self._clock.seconds())
         if made:
-            self._keep(self._bodies(made))
+            back = [Attendee(str(d["name"]), _user(d)).key for _, d in made]
+            self._keep(self._bodies(made), back=back)
 
     def _bodies(self, made: list[Made]) -> list[str]:
         when = outbox.iso(time.time())
@@ -113,9 +115,10 @@ class LocalBackplane:
         bodies: Sequence[str],
         arrived: Sequence[tuple[int, str, str, str | None]] = (),
         departed: Sequence[tuple[int, str]] = (),
-        going: Sequence[tuple[str, str | None, float]] | None = None,
+        going: Sequence[tuple[str, str, str | None, float]] = (),
+        back: Sequence[str] = (),
     ) -> None:
-        self.history.record(bodies, arrived, departed, going).addErrback(
+        self.history.record(bodies, arrived, departed, going, back).addErrback(
             lambda failure: _log.failure(
                 "webhook events could not be kept: {events}", failure, events=len(bodies)
             )
@@ -223,15 +226,25 @@ class LocalBackplane:
 
     def joined(self, room: str, conn_id: int, name: str, user: str | None = None) -> None:
         """Nobody elsewhere to tell; the application may hear of it."""
-        if self.attendance is not None:
-            made = self.attendance.arrive(conn_id, room, Attendee(name, user))
-            self._keep(self._bodies(made), arrived=[(conn_id, room, name, user)])
+        attendance = self.attendance
+        if attendance is not None:
+            who = Attendee(name, user)
+            was_going = attendance.pending(who) is not None
+            made = attendance.arrive(conn_id, room, who)
+            back = [who.key] if was_going and attendance.pending(who) is None else []
+            self._keep(self._bodies(made), arrived=[(conn_id, room, name, user)], back=back)
 
     def left(self, room: str, conn_id: int, name: str) -> None:
         """Nobody elsewhere to tell; the application may hear of it."""
-        if self.attendance is not None:
-            made = self.attendance.depart(conn_id, room, self._clock.seconds())
-            self._keep(self._bodies(made), departed=[(conn_id, room)])
+        attendance = self.attendance
+        if attendance is not None:
+            who = attendance.present(conn_id, room)
+            made = attendance.depart(conn_id, room, self._clock.seconds())
+            # A grace period that starts is kept in the same write: a process
+            # killed before it ends still tells user.offline after its restart.
+            at = attendance.pending(who) if who is not None else None
+            going = [(who.key, who.name, who.user, at)] if who is not None and at else []
+            self._keep(self._bodies(made), departed=[(conn_id, room)], going=going)
 
     def renamed(self, rooms: Sequence[str], conn_id: int, old: str, new: str) -> None:
         """Nobody elsewhere to tell; to the application a guest's new name is a new person."""
@@ -276,3 +289,8 @@ class LocalBackplane:
             return
         for body in self.history.orders():
             self._events.on_order(parse_order(json.loads(body), replayed=True))
+
+
+def _user(data: dict[str, object]) -> str | None:
+    user = data.get("user")
+    return user if isinstance(user, str) else None
