@@ -89,9 +89,14 @@ class RedisOutbox:
             self._ticks.start(1.0, now=False)
 
     def stop(self) -> None:
-        """Stop the timer."""
+        """Stop the timer; give the lease back (another instance sends at once)."""
         if self._ticks.running:
             self._ticks.stop()
+        if self._sending and self._connection.ready:
+            self._sending = False
+            keys = [self._stream, self._poster]
+            d = self._connection.command("eval", scripts.RELEASE_LEASE, keys, [self._instance])
+            quietly(d, "webhook lease")
 
     def _tick(self) -> None:
         if not self._connection.ready:

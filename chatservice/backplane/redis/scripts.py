@@ -318,6 +318,13 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('PEXPIRE', KEYS[2], ARG
 return 0
 """
 
+# KEYS: outbox, poster.  ARGV: this instance.  Gives the lease back (at a
+# graceful stop), so that another instance sends at once.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 0
+"""
+
 # KEYS: outbox.  ARGV: entry ids.  Acknowledged: gone from the stream.
 DONE = """
 redis.call('XACK', KEYS[1], 'webhooks', unpack(ARGV))
