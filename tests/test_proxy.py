@@ -154,6 +154,8 @@ def test_a_connect_result_reads_as_a_tokens_claims() -> None:
         {"user": "42", "expire_at": "tomorrow"},
         {"user": "42", "expire_at": 10**400},
         {"user": "42", "expire_at": float("inf")},
+        {"user": "42", "expire_at": 1767225600000},  # milliseconds: Date.now()
+        {"user": "42", "expire_at": -1},
     ):
         with pytest.raises(BadAnswer):
             identity_of(bad)

@@ -25,7 +25,18 @@ from chatservice.chat.gate import Dismissed, Handshake, Refused
 from chatservice.chat.identity import Identity
 from chatservice.chat.messages import ProtocolError, clean_username
 from chatservice.config import Config
-from chatservice.hooks.proxy import Answer, BadAnswer, Disconnect, ProxyClient, Refusal, Result
+from chatservice.hooks.proxy import (
+    Answer,
+    BadAnswer,
+    Disconnect,
+    ProxyClient,
+    Refusal,
+    Result,
+    redacted,
+)
+
+#: 9999-12-31T23:59:59Z: the latest ``expire_at`` taken.
+LAST_SECOND = 253402300799
 
 _log = logs.logger("chatservice.hooks")
 
@@ -197,7 +208,7 @@ class ProxyGate:
             "{proxy} proxy unavailable: {reason} (refused as unavailable; "
             "{unlogged} more since the last such event)",
             proxy=proxy,
-            url=getattr(self.settings, proxy),
+            url=redacted(getattr(self.settings, proxy)),
             reason=reason,
             unlogged=unlogged,
         )
@@ -239,7 +250,9 @@ def identity_of(result: dict[str, Any]) -> Identity | None:
             if isinstance(expire_at, bool) or not isinstance(expire_at, int | float):
                 raise ValueError
             expires = float(expire_at)  # (OverflowError for a huge int)
-            if not math.isfinite(expires):
+            # Up to the year 9999: a time in milliseconds (Date.now()) is
+            # a mistake, not a deadline thousands of years away.
+            if not math.isfinite(expires) or not 0 <= expires <= LAST_SECOND:
                 raise ValueError
         except (ValueError, OverflowError):
             raise BadAnswer("result.expire_at must be a number (seconds since the epoch)") from None
