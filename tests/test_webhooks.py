@@ -214,3 +214,51 @@ def test_a_bad_secret_is_refused_with_a_reason(secret: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         check_secret(secret)
     check_secret(SECRET)
+
+
+class Stalling(Resource):
+    """Answers 200 with a body it never finishes; or redirects."""
+
+    isLeaf = True
+
+    def __init__(self, redirect: bool = False) -> None:
+        super().__init__()
+        self.redirect = redirect
+        self.posts = 0
+        self.gets = 0
+
+    def render_GET(self, request: Request) -> bytes:
+        self.gets += 1
+        return b"fine"
+
+    def render_POST(self, request: Request) -> bytes | int:
+        self.posts += 1
+        if self.redirect:
+            request.setResponseCode(303)
+            request.setHeader(b"location", b"/elsewhere")
+            return b""
+        request.setHeader(b"content-length", b"100")
+        request.write(b"abc")  # and nothing more
+        return NOT_DONE_YET
+
+
+@pytest.mark.parametrize("redirect", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_answer_or_a_redirect_is_no_acknowledgement(
+    backplane: LocalBackplane, sending: list[WebhookSender], redirect: bool
+) -> None:
+    resource = Stalling(redirect)
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    try:
+        await backplane.store("r", "alice", "hello", T0)
+        url = f"http://127.0.0.1:{port.getHost().port}/"
+        sender = start(sending, backplane, url, timeout=0.3)
+        outcome = "status" if redirect else "timeout"
+        await wait_until(lambda: sender.stats.posts[outcome] >= 2, timeout=10)
+        assert sender.stats.sent == 0
+        assert resource.gets == 0
+        assert backplane.history.backlog()[0] == 1
+        # Stopping does not wait for an answer that never ends.
+        await sender.stop()
+    finally:
+        await port.stopListening()
